@@ -1,7 +1,7 @@
 """Build the C core's Python binding with cffi, in out-of-line API mode.
 
 setuptools runs this through ``cffi_modules`` in setup.py (``pip install .`` and
-``pip install -e .``); ``python build_ext.py`` builds it in place for development.
+``pip install -e .``); ``python build_ext.py`` (or ``make build``) builds it in place for development.
 The declarations below are checked by the C compiler against ``csrc/phoenix_core.h``:
 API mode compiles a real C extension, so a mismatch is a build error, not a crash.
 Constants are declared ``...`` so their values come from the header itself.
@@ -10,6 +10,7 @@ Constants are declared ``...`` so their values come from the header itself.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -113,6 +114,6 @@ ffibuilder.set_source(
 )
 
 if __name__ == "__main__":
-    # In-place development build: writes phoenix_trio/_phoenix_core.*.so
+    # In-place development build, the same one `make build` runs.
     os.chdir(HERE)
-    ffibuilder.compile(tmpdir=".", verbose=False)
+    sys.exit(subprocess.call([sys.executable, "setup.py", "-q", "build_ext", "--inplace"]))
