@@ -13,6 +13,7 @@ from ._errors import CircuitOpen as CircuitOpen
 from ._errors import ConfigurationError as ConfigurationError
 from ._errors import DecodeError as DecodeError
 from ._errors import DeliveryFailed as DeliveryFailed
+from ._errors import EncodeError as EncodeError
 from ._errors import FrameError as FrameError
 from ._errors import FrameTooLarge as FrameTooLarge
 from ._errors import LocalProtocolError as LocalProtocolError
@@ -27,5 +28,29 @@ from ._errors import ReservedFlags as ReservedFlags
 from ._errors import SecurityError as SecurityError
 from ._errors import UnsupportedVersion as UnsupportedVersion
 from ._errors import ValidationError as ValidationError
+
+from ._message import EXTENSION_ATTRIBUTES as EXTENSION_ATTRIBUTES
+from ._message import DeliveryGuarantee as DeliveryGuarantee
+from ._message import Message as Message
+from ._message import QoSRequirements as QoSRequirements
+from ._message import RoutingMetadata as RoutingMetadata
+from ._message import SecurityInfo as SecurityInfo
+from ._message import local_node_id as local_node_id
+from ._message import validate_message as validate_message
+from ._taxonomy import CONTROL_PLANE as CONTROL_PLANE
+from ._taxonomy import DATA_PLANE as DATA_PLANE
+from ._taxonomy import DEFAULT_CHARACTERISTICS as DEFAULT_CHARACTERISTICS
+from ._taxonomy import OBSERVABILITY as OBSERVABILITY
+from ._taxonomy import Characteristics as Characteristics
+from ._taxonomy import is_valid_type as is_valid_type
+from ._taxonomy import message_characteristics as message_characteristics
+from ._taxonomy import message_class as message_class
+from ._taxonomy import validate_type as validate_type
+from ._trace import TraceContext as TraceContext
+from ._trace import current_trace as current_trace
+from ._trace import use_trace as use_trace
+from ._vclock import Causality as Causality
+from ._vclock import LocalClock as LocalClock
+from ._vclock import VectorClock as VectorClock
 
 __version__ = "0.1.0"

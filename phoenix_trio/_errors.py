@@ -38,6 +38,14 @@ class DecodeError(PhoenixError, ValueError):
         self.reason = reason
 
 
+class EncodeError(PhoenixError, ValueError):
+    """A value could not be encoded in the requested format; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class FrameError(DecodeError):
     """A frame or batch failed validation; ``code`` is the C core's error code."""
 

@@ -1,0 +1,55 @@
+"""Unique, time-sortable identifiers for messages, correlations and proposals.
+
+Ids are UUIDv7 strings (RFC 9562): 48 bits of Unix time in milliseconds, then a
+26-bit sequence that counts up within one millisecond (so ids from one process sort in
+creation order), then 48 random bits fixed per process (so processes never collide).
+Sorting the strings sorts by creation time.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+
+_lock = threading.Lock()  # ids may be made from trio.to_thread workers too
+_SEQ_LIMIT = 1 << 26
+_last_ms = 0
+_seq = 0
+_node = secrets.randbits(48)
+
+
+def _redraw_after_fork() -> None:
+    global _node
+    _node = secrets.randbits(48)
+
+
+os.register_at_fork(after_in_child=_redraw_after_fork)
+
+
+def new_id() -> str:
+    """A new UUIDv7 string, unique and increasing within this process."""
+    global _last_ms, _seq
+    with _lock:
+        ms = time.time_ns() // 1_000_000
+        if ms > _last_ms:
+            _last_ms = ms
+            _seq = 0
+        else:  # same millisecond, or the clock stepped back: keep counting
+            _seq += 1
+            if _seq >= _SEQ_LIMIT:
+                _last_ms += 1
+                _seq = 0
+            ms = _last_ms
+        seq = _seq
+        node = _node
+    # 48 bits time | version 7 | 12 bits seq high | variant 10 | 14 bits seq low | 48 bits random
+    value = (ms << 80) | (0x7000 | (seq >> 14)) << 64 | (0x8000 | (seq & 0x3FFF)) << 48 | node
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def id_time_ms(uuid7: str) -> int:
+    """The creation time (Unix milliseconds) encoded in a :func:`new_id` string."""
+    return int(uuid7[:8] + uuid7[9:13], 16)

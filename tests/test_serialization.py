@@ -1,0 +1,151 @@
+"""Serialization: the msgpack format, format selection and bounded compression."""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import lz4.frame
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from phoenix_trio import ConfigurationError, DecodeError, EncodeError, Message, validate_message
+from phoenix_trio import serialization as ser
+from phoenix_trio.serialization import _msgpack
+
+from .strategies import messages
+
+
+@settings(max_examples=300)
+@given(messages())
+def test_msgpack_round_trips_every_attribute(message: Message) -> None:
+    payload, fmt = ser.serialize(message, "msgpack")
+    assert fmt == "msgpack"
+    back = ser.deserialize(payload, "msgpack")
+    assert back == message
+    validate_message(back)
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=400))
+def test_msgpack_decoder_on_arbitrary_bytes(payload: bytes) -> None:
+    try:
+        message = ser.deserialize(payload, "msgpack")
+    except DecodeError:
+        return
+    validate_message(message)
+
+
+@settings(max_examples=400)
+@given(messages(), st.data())
+def test_msgpack_decoder_on_mutated_messages(message: Message, data: st.DataObject) -> None:
+    payload = bytearray(_msgpack.encode(message))
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(payload) - 1))
+        payload[i] = data.draw(st.integers(0, 255))
+    try:
+        decoded = ser.deserialize(bytes(payload), "msgpack")
+    except DecodeError:
+        return
+    validate_message(decoded)
+
+
+@given(
+    st.lists(st.one_of(st.none(), st.integers(-(2**63), 2**64 - 1), st.text(max_size=5), st.binary(max_size=5), st.booleans()), min_size=16, max_size=16)
+)
+def test_msgpack_decoder_on_wrong_shapes(items: list) -> None:
+    items[0] = 1
+    try:
+        decoded = ser.deserialize(msgpack.packb(items), "msgpack")
+    except DecodeError:
+        return
+    validate_message(decoded)
+
+
+def test_msgpack_layout_is_the_documented_array() -> None:
+    message = Message.new({"k": "v"}, target="planner")
+    obj = msgpack.unpackb(_msgpack.encode(message), timestamp=3)
+    assert obj[0] == 1 and len(obj) == 16
+    assert obj[1:5] == [message.id, message.source, message.type, {"k": "v"}]
+    assert obj[6] == message.time
+    assert obj[12][1] == "planner"
+
+
+def test_unrepresentable_data_is_an_encode_error() -> None:
+    with pytest.raises(EncodeError):
+        ser.serialize(Message.new(object()), "msgpack")
+
+
+def test_decoder_limits_hold_for_hostile_nesting() -> None:
+    deep = b"\x91" * 100_000 + b"\xc0"
+    with pytest.raises(DecodeError):
+        ser.deserialize(deep, "msgpack")
+    huge_claim = b"\xdd\xff\xff\xff\xff"  # array32 claiming 4 billion items, nothing after
+    with pytest.raises(DecodeError):
+        ser.deserialize(huge_claim, "msgpack")
+
+
+# -- selection ------------------------------------------------------------------------------
+
+
+def test_auto_selection_follows_the_design() -> None:
+    selector = ser.FormatSelector(
+        beam_targets={"erlang-agent"},
+        cross_language_targets={"go-agent"},
+        schema_evolution_types={"phoenix.agent.state.update", "phoenix.billing."},
+    )
+    pick = lambda **kw: ser.select_format(Message.new("x", **kw), selector=selector)  # noqa: E731
+    assert pick(target="erlang-agent") == "etf"
+    assert pick(target="go-agent") == "msgpack"
+    assert pick(type="phoenix.agent.state.update") == "protobuf"
+    assert pick(type="phoenix.billing.invoice.create") == "protobuf"
+    assert pick(target="python-agent") == "msgpack"
+    selector.debug = True
+    assert pick(target="python-agent") == "json"
+    assert pick(target="erlang-agent") == "etf"
+    payload, fmt = ser.serialize(Message.new("x"), selector=ser.FormatSelector())
+    assert fmt == "msgpack" and ser.deserialize(payload, fmt).data == "x"
+
+
+def test_unknown_format_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError):
+        ser.serialize(Message.new("x"), "yaml")
+    with pytest.raises(ConfigurationError):
+        ser.deserialize(b"", "yaml")
+
+
+# -- compression ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ["lz4", "zlib"])
+def test_compression_round_trip_and_threshold(algorithm: str) -> None:
+    text = b"phoenix " * 1000
+    packed, used = ser.compress(text, algorithm)
+    assert used == algorithm and len(packed) < len(text) // 5
+    assert ser.decompress(packed, used) == text
+    small, used = ser.compress(b"tiny", algorithm)
+    assert (small, used) == (b"tiny", None)
+    noise = os.urandom(5000)
+    assert ser.compress(noise, algorithm) == (noise, None)  # incompressible: kept as is
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "bomb"),
+    [("lz4", lz4.frame.compress(bytes(50_000_000))), ("zlib", zlib.compress(bytes(50_000_000), 9))],
+)
+def test_decompression_is_bounded(algorithm: str, bomb: bytes) -> None:
+    assert len(bomb) < 300_000
+    with pytest.raises(DecodeError, match="beyond"):
+        ser.decompress(bomb, algorithm, max_size=1_000_000)
+
+
+@given(st.binary(max_size=200))
+@pytest.mark.parametrize("algorithm", ["lz4", "zlib"])
+def test_decompress_arbitrary_bytes(algorithm: str, payload: bytes) -> None:
+    try:
+        out = ser.decompress(payload, algorithm, max_size=10_000)
+    except DecodeError:
+        return
+    assert len(out) <= 10_000
