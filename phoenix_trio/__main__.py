@@ -2,6 +2,7 @@
 
 Commands:
   demo    run the main job and print a readable report
+  node    run a node until interrupted (SIGINT/SIGTERM)
   info    show the version and which core implementation is active
 """
 
@@ -16,6 +17,17 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("demo", help="run the main job and print a report")
     commands.add_parser("info", help="show version and the active core implementation")
+    node = commands.add_parser("node", help="run a node until interrupted")
+    node.add_argument("--name", required=True, help="node id, unique in the cluster")
+    node.add_argument("--listen", default="127.0.0.1:0", help="host:port to accept peers on (port 0: any)")
+    node.add_argument("--seed", action="append", default=[], help="host:port of a node to join through (repeatable)")
+    node.add_argument(
+        "--agent", action="append", default=[], metavar="KIND:ID", help="run a built-in agent: echo, counter or sink (repeatable)"
+    )
+    node.add_argument("--heartbeat-interval", type=float, default=0.5)
+    node.add_argument("--failure-timeout", type=float, default=2.0)
+    node.add_argument("--cluster", default="phoenix")
+    node.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
 
     if args.command == "info":
@@ -23,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"phoenix_trio {__version__}; core: {core.IMPLEMENTATION} (crc32c: {core.crc32c_implementation()})")
         return 0
+    if args.command == "node":
+        from ._cli_node import run_node
+
+        return run_node(args)
     if args.command == "demo":
         from ._demo import run_demo
 

@@ -17,37 +17,38 @@ _lock = threading.Lock()  # ids may be made from trio.to_thread workers too
 _SEQ_LIMIT = 1 << 26
 _last_ms = 0
 _seq = 0
-_node = secrets.randbits(48)
+_prefix = ""  # the time part of the id, formatted once per millisecond
+_node_hex = ""
 
 
-def _redraw_after_fork() -> None:
-    global _node
-    _node = secrets.randbits(48)
+def _draw_node() -> None:
+    global _node_hex
+    _node_hex = f"{secrets.randbits(48):012x}"
 
 
-os.register_at_fork(after_in_child=_redraw_after_fork)
+_draw_node()
+os.register_at_fork(after_in_child=_draw_node)  # a forked child must not share ids
 
 
 def new_id() -> str:
     """A new UUIDv7 string, unique and increasing within this process."""
-    global _last_ms, _seq
+    global _last_ms, _seq, _prefix
     with _lock:
         ms = time.time_ns() // 1_000_000
         if ms > _last_ms:
             _last_ms = ms
             _seq = 0
+            _prefix = f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-7"
         else:  # same millisecond, or the clock stepped back: keep counting
             _seq += 1
             if _seq >= _SEQ_LIMIT:
                 _last_ms += 1
                 _seq = 0
-            ms = _last_ms
+                _prefix = f"{_last_ms >> 16:08x}-{_last_ms & 0xFFFF:04x}-7"
         seq = _seq
-        node = _node
+        prefix = _prefix
     # 48 bits time | version 7 | 12 bits seq high | variant 10 | 14 bits seq low | 48 bits random
-    value = (ms << 80) | (0x7000 | (seq >> 14)) << 64 | (0x8000 | (seq & 0x3FFF)) << 48 | node
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return f"{prefix}{seq >> 14:03x}-{0x8000 | (seq & 0x3FFF):04x}-{_node_hex}"
 
 
 def id_time_ms(uuid7: str) -> int:

@@ -47,11 +47,11 @@ class TraceContext:
     @classmethod
     def new(cls, *, sampled: bool = True) -> TraceContext:
         """The root span of a new trace."""
-        return cls(_nonzero_hex(16), _nonzero_hex(8), FLAG_SAMPLED if sampled else 0)
+        return _trusted(_trace_id(), _span_id(), FLAG_SAMPLED if sampled else 0, "")
 
     def child(self) -> TraceContext:
         """The next hop's span: same trace, new span id, same flags and state."""
-        return TraceContext(self.trace_id, _nonzero_hex(8), self.flags, self.tracestate)
+        return _trusted(self.trace_id, _span_id(), self.flags, self.tracestate)
 
     @property
     def sampled(self) -> bool:
@@ -88,6 +88,20 @@ class TraceContext:
         return headers
 
 
+def _trusted(trace_id: str, span_id: str, flags: int, tracestate: str) -> TraceContext:
+    """Build a context from parts known to be valid (skips attrs' generated __init__)."""
+    context = _new(TraceContext)
+    _set(context, "trace_id", trace_id)
+    _set(context, "span_id", span_id)
+    _set(context, "flags", flags)
+    _set(context, "tracestate", tracestate)
+    return context
+
+
+_new = object.__new__
+_set = object.__setattr__
+
+
 def parse_tracestate(value: str) -> str:
     """Validate and normalise a ``tracestate`` header (spaces around members removed)."""
     if type(value) is not str:
@@ -114,15 +128,24 @@ def parse_tracestate(value: str) -> str:
 # Trace and span ids need to be unpredictable enough not to collide, not secret: a
 # Mersenne Twister seeded from the OS (and re-seeded after fork) is plenty and fast.
 _rng = random.Random(secrets.randbits(128))
+_getrandbits = _rng.getrandbits
 os.register_at_fork(after_in_child=lambda: _rng.seed(secrets.randbits(128)))
 
 
-def _nonzero_hex(nbytes: int) -> str:
-    bits = nbytes * 8
-    while True:
-        value = _rng.getrandbits(bits)
-        if value:
-            return f"{value:0{nbytes * 2}x}"
+def _trace_id() -> str:
+    value = _getrandbits(128)
+    while not value:
+        value = _getrandbits(128)
+    return f"{value:032x}"
+
+
+def _span_id() -> str:
+    value = _getrandbits(64)
+    while not value:
+        value = _getrandbits(64)
+    return f"{value:016x}"
+
+
 
 
 _current: contextvars.ContextVar[TraceContext | None] = contextvars.ContextVar("phoenix_trace", default=None)

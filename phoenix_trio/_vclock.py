@@ -194,27 +194,32 @@ class LocalClock:
     def __init__(self, node: str, *, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         self.node = _check_node(node)
         self.max_entries = max_entries
-        self._clock = VectorClock()
+        self._entries: dict[str, int] = {}
         self._lock = threading.Lock()
 
     @property
     def current(self) -> VectorClock:
-        return self._clock
+        with self._lock:
+            return _trusted(dict(self._entries))
 
     def tick(self) -> VectorClock:
         """Advance the local entry and return the clock to stamp on an outgoing message."""
         with self._lock:
-            clock = self._clock.tick(self.node)
-            if len(clock.entries) > self.max_entries:
-                clock = clock.truncate(self.max_entries, keep=self.node)
-            self._clock = clock
-            return clock
+            entries = self._entries
+            entries[self.node] = entries.get(self.node, 0) + 1
+            if len(entries) > self.max_entries:
+                self._entries = entries = dict(_trusted(entries).truncate(self.max_entries, keep=self.node).entries)
+            return _trusted(entries.copy())
 
     def observe(self, other: VectorClock) -> None:
         """Merge a received message's clock (causal delivery calls this on delivery)."""
         with self._lock:
-            self._clock = self._clock.merge(other)
+            entries = self._entries
+            for node, counter in other.entries.items():
+                if counter > entries.get(node, 0):
+                    entries[node] = counter
 
     def retire(self, nodes: Iterable[str]) -> None:
         with self._lock:
-            self._clock = self._clock.retire(nodes)
+            for node in nodes:
+                self._entries.pop(node, None)

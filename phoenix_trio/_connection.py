@@ -1,0 +1,302 @@
+"""One connection to a peer node over a byte stream (TCP, or TLS over TCP).
+
+The connection's reader and writer run under one nursery that the node's nursery owns;
+closing the connection cancels both and closes the stream. The protocol itself is
+:class:`~phoenix_trio._peer_protocol.PeerProtocol`; this module only moves bytes.
+
+Writing batches: senders append messages to a bounded pending list and return. The
+writer takes everything pending at once, encodes it into as few frames as possible and
+writes them with one ``send_all``; while that write is in progress the next batch
+builds up. So the batch size follows the load: one message when idle, hundreds under
+pressure, with no timer adding latency. When the pending list is full, senders wait
+(or get :class:`~phoenix_trio.Backpressure` if they asked not to wait). When nothing
+has been written for a heartbeat interval, the writer sends a heartbeat.
+
+Reading: the reader feeds received bytes to the protocol and hands events to the node,
+which may block on a full inbox; the reader then stops reading and TCP's window closes
+on the sender: backpressure end to end.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ._errors import Backpressure, EncodeError, NodeUnreachable, ProtocolError, RemoteProtocolError
+from ._message import Message
+from ._peer_protocol import Hello, PeerProtocol, State
+
+if TYPE_CHECKING:
+    from ._node import Node
+
+log = logging.getLogger(__name__)
+
+RECEIVE_SIZE = 256 * 1024
+
+
+class Connection:
+    """See the module docstring."""
+
+    def __init__(self, node: Node, stream: trio.abc.Stream, *, outbound: bool, via: tuple[str, int] | None = None) -> None:
+        self.node = node
+        self.stream = stream
+        self.protocol = PeerProtocol(node._hello, max_frame=node.config.max_frame)
+        self.outbound = outbound
+        self.via = via
+        self.peer: Hello | None = None
+        self.closed = False
+        self.close_reason = ""
+        self.max_pending = node.config.max_pending
+        self._pending: list[Message] = []
+        self._pending_flags: list[int] = []
+        self._control: list[bytes] = []
+        self._writer_lot = trio.lowlevel.ParkingLot()
+        self._space_lot = trio.lowlevel.ParkingLot()
+        self._drain_lot = trio.lowlevel.ParkingLot()
+        self._writing = False
+        self._cancel_scope: trio.CancelScope | None = None
+        self._early_events: list[object] = []
+        self.handshake_done = trio.Event()
+        self.messages_sent = 0
+        self.frames_written = 0
+        self.bytes_written = 0
+        self.bytes_read = 0
+
+    @property
+    def peer_id(self) -> str:
+        assert self.peer is not None
+        return self.peer.node_id
+
+    @property
+    def initiator(self) -> str:
+        """The node that opened this connection."""
+        return self.node.id if self.outbound else self.peer_id
+
+    # -- handshake --------------------------------------------------------------------
+
+    async def handshake(self, timeout: float) -> Hello:
+        """Exchange HELLOs; raises ProtocolError, OSError or trio.TooSlowError."""
+        try:
+            return await self._handshake(timeout)
+        finally:
+            self.handshake_done.set()
+
+    async def _handshake(self, timeout: float) -> Hello:
+        await self.stream.send_all(self.protocol.hello())
+        with trio.fail_after(timeout):
+            while self.protocol.state is State.HANDSHAKING:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+                if not data:
+                    raise ConnectionResetError("peer closed the connection during the handshake")
+                self.bytes_read += len(data)
+                events = self.protocol.receive_data(data)
+                if events and isinstance(events[0], Hello):
+                    self.peer = events[0]
+                    self._early_events = events[1:]
+                elif events:
+                    raise RemoteProtocolError(f"peer refused the handshake: {events[0]!r}")
+        assert self.peer is not None
+        return self.peer
+
+    # -- running ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Read and write until the peer closes, an error occurs, or the node cancels us.
+
+        Nothing a peer sends can make this raise: protocol errors are answered with an
+        ERROR frame and close this connection only; so do unexpected errors (logged).
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                self._cancel_scope = nursery.cancel_scope
+                if self.closed:  # closed while registering
+                    nursery.cancel_scope.cancel()
+                nursery.start_soon(self._guard, self._writer)
+                await self._guard(self._reader)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._mark_closed(self.close_reason or "closed")
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self.stream)
+
+    async def _guard(self, task: Any) -> None:
+        try:
+            await task()
+        except RemoteProtocolError as exc:
+            log.warning("protocol error from %s: %s", self.peer.node_id if self.peer else "?", exc)
+            self.node.stats["protocol_errors"] += 1
+            self.close_reason = f"protocol error: {exc}"
+            with trio.move_on_after(0.5) as scope:
+                scope.shield = True
+                try:
+                    await self.stream.send_all(self.protocol.error_bytes(exc))
+                except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError, OSError):
+                    pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self.close_reason = self.close_reason or f"connection lost: {exc!r}"
+        except Exception as exc:  # a bug must not take the node down: close this connection
+            log.exception("connection to %s failed", self.peer.node_id if self.peer else "?")
+            self.close_reason = self.close_reason or f"internal error: {exc!r}"
+        finally:
+            if self._cancel_scope is not None:
+                self._cancel_scope.cancel()
+
+    async def _reader(self) -> None:
+        node = self.node
+        for event in self._early_events:
+            await node._on_peer_event(self, event)
+        self._early_events = []
+        receive = self.stream.receive_some
+        while True:
+            data = await receive(RECEIVE_SIZE)
+            if not data:
+                self.close_reason = self.close_reason or "peer closed the connection"
+                return
+            self.bytes_read += len(data)
+            node._heard(self)
+            for event in self.protocol.receive_data(data):
+                await node._on_peer_event(self, event)
+
+    async def _writer(self) -> None:
+        interval = self.node.config.heartbeat_interval
+        stream = self.stream
+        protocol = self.protocol
+        while True:
+            if not self._pending and not self._control:
+                with trio.move_on_after(interval):
+                    await self._writer_lot.park()
+                if not self._pending and not self._control:
+                    await stream.send_all(protocol.heartbeat())
+                    self.frames_written += 1
+                    continue
+            chunks = self._control
+            self._control = []
+            messages, flags = self._pending, self._pending_flags
+            self._pending, self._pending_flags = [], []
+            if self._space_lot:
+                self._space_lot.unpark_all()
+            if messages:
+                chunks.append(self._encode(messages, flags))
+                self.messages_sent += len(messages)
+            data = b"".join(chunks)
+            self.bytes_written += len(data)
+            self.frames_written += len(chunks)
+            self._writing = True
+            try:
+                await stream.send_all(data)
+            finally:
+                self._writing = False
+            if self._drain_lot and not self._pending and not self._control:
+                self._drain_lot.unpark_all()
+
+    def _encode(self, messages: list[Message], flags: list[int]) -> bytes:
+        try:
+            return self.protocol.messages(messages, flags)
+        except EncodeError:
+            # Some message's data cannot be encoded: send the others, report the bad ones.
+            parts = []
+            for message, flag in zip(messages, flags):
+                try:
+                    parts.append(self.protocol.messages([message], [flag]))
+                except EncodeError as exc:
+                    self.node._encode_failed(message, exc)
+            return b"".join(parts)
+
+    # -- used by the node -------------------------------------------------------------
+
+    def try_enqueue(self, message: Message, flags: int) -> bool:
+        """Queue ``message`` for the writer; False when the pending list is full."""
+        if self.closed:
+            raise NodeUnreachable(self.peer.node_id if self.peer else "?", self.close_reason or "connection closed")
+        if len(self._pending) >= self.max_pending:
+            return False
+        self._pending.append(message)
+        self._pending_flags.append(flags)
+        if self._writer_lot:
+            self._writer_lot.unpark_all()
+        return True
+
+    async def enqueue(self, message: Message, flags: int, *, wait: bool = True) -> None:
+        """Queue ``message``, waiting while the pending list is full (unless ``wait`` is False)."""
+        while not self.try_enqueue(message, flags):
+            if not wait:
+                raise Backpressure(self.peer_id, f"{len(self._pending)} messages already pending for node {self.peer_id!r}")
+            await self._space_lot.park()
+
+    def send_control(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self._control.append(data)
+        if self._writer_lot:
+            self._writer_lot.unpark_all()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def take_pending(self) -> tuple[list[Message], list[int]]:
+        """Hand over unsent messages (to a connection replacing this one)."""
+        messages, flags = self._pending, self._pending_flags
+        self._pending, self._pending_flags = [], []
+        return messages, flags
+
+    async def goodbye_now(self, reason: str, timeout: float = 0.5) -> None:
+        """Write a GOODBYE directly (only when the writer task is not running)."""
+        with trio.move_on_after(timeout) as scope:
+            scope.shield = True
+            try:
+                await self.stream.send_all(self.protocol.goodbye(reason))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError, OSError):
+                pass
+
+    def close(self, reason: str) -> None:
+        """Stop the connection: cancel its tasks (run() closes the stream)."""
+        self._mark_closed(reason)
+        if self._cancel_scope is not None:
+            self._cancel_scope.cancel()
+
+    async def close_gracefully(self, reason: str, timeout: float = 0.5) -> None:
+        """Flush what is pending plus a GOODBYE, then close."""
+        if self.protocol.state is State.HANDSHAKING and not self.closed:
+            # The node's connection task sends the goodbye once the handshake is over.
+            with trio.move_on_after(timeout):
+                await self.handshake_done.wait()
+            return
+        if self.closed or self.protocol.state is not State.OPEN:
+            return
+        if self._cancel_scope is None:  # registered, tasks not started yet: write it ourselves
+            self._mark_closed(reason)
+            await self.goodbye_now(reason, timeout)
+            return
+        self.send_control(self.protocol.goodbye(reason))
+        with trio.move_on_after(timeout):
+            while (self._pending or self._control or self._writing) and not self.closed:
+                await self._drain_lot.park()
+        self.close(reason)
+
+    def _mark_closed(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = self.close_reason or reason
+        self._writer_lot.unpark_all()
+        self._space_lot.unpark_all()
+        self._drain_lot.unpark_all()
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "peer": self.peer.node_id if self.peer else None,
+            "outbound": self.outbound,
+            "pending": len(self._pending),
+            "messages_sent": self.messages_sent,
+            "messages_received": self.protocol.messages_received,
+            "frames_written": self.frames_written,
+            "frames_read": self.protocol.frames_received,
+            "bytes_written": self.bytes_written,
+            "bytes_read": self.bytes_read,
+        }
+
+
+__all__ = ["Connection", "ProtocolError"]

@@ -1,0 +1,1007 @@
+"""The node: hosts agents and moves their messages within a process and across the cluster.
+
+``async with open_node("n1", listen="127.0.0.1:7001", seeds=[...]) as node:`` starts a
+node inside the caller's Trio run. Everything it starts (listener, membership timer,
+one task per connection, each with its own reader and writer) lives under the node's
+nursery; leaving the block says goodbye to the peers, cancels and joins all of it and
+closes every socket.
+
+Routing (the design's routing layer): a target is an agent id or a group name. Agents
+on this node get the Message object itself (in-process transport, no serialization);
+agents elsewhere are found in the directory and reached over the native TCP transport;
+a group name goes through the load balancer to one of its members. A per-target
+circuit breaker refuses calls to a target that keeps failing.
+
+Patterns built here: point-to-point (:meth:`Node.send`), request-response
+(:meth:`Node.request` and ``message.reply``), and broadcast to a list of agents, async or
+with acknowledgements (:meth:`Node.broadcast`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import os
+import random
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
+
+import attrs
+import trio
+
+from ._balancer import LoadBalancer
+from ._breaker import BreakerConfig, CircuitBreaker
+from ._connection import Connection
+from ._directory import Directory
+from ._errors import (
+    AgentNotFound,
+    Backpressure,
+    ConfigurationError,
+    EncodeError,
+    NodeUnreachable,
+    ProtocolError,
+    RequestTimeout,
+)
+from ._ids import new_id
+from ._inbox import Inbox
+from ._membership import Connect, Disconnect, MemberEvent, MemberInfo, Membership, MembershipConfig
+from ._message import (
+    EMPTY,
+    SPECVERSION,
+    DeliveryGuarantee,
+    Message,
+    QoSRequirements,
+    RoutingMetadata,
+    node_uri,
+    reset_local_node,
+    set_local_node,
+    validate_message,
+)
+from ._peer_protocol import (
+    FLAG_ACK,
+    FLAG_REQUEST,
+    Acks,
+    AgentUpdate,
+    Agents,
+    DataBatch,
+    Goodbye,
+    Heartbeat,
+    Hello,
+    Members,
+    PeerError,
+    RequestFailed,
+    node_id_ok,
+)
+from ._taxonomy import message_characteristics, validate_type
+from ._trace import _current as _current_trace
+from ._trace import next_hop_trace
+from ._vclock import LocalClock
+from .effects import SetTimer
+
+log = logging.getLogger(__name__)
+
+DIRECT_TYPE = "phoenix.agent.direct.send"
+REQUEST_TYPE = "phoenix.agent.request.send"
+REPLY_TYPE = "phoenix.agent.request.reply"
+BROADCAST_TYPE = "phoenix.agent.broadcast.send"
+UTC = _dt.timezone.utc
+SEND_YIELD_EVERY = 128
+
+Address = tuple[str, int]
+
+
+def parse_address(value: str | Address | None, *, default_host: str = "127.0.0.1") -> Address | None:
+    """``"host:port"``, ``(host, port)`` or None."""
+    if value is None:
+        return None
+    if isinstance(value, tuple):
+        host, port = value
+        return (str(host), int(port))
+    host, sep, port = str(value).rpartition(":")
+    if not sep:
+        raise ConfigurationError(f"address {value!r} must be host:port")
+    try:
+        return (host.strip("[]") or default_host, int(port))
+    except ValueError:
+        raise ConfigurationError(f"address {value!r} must be host:port") from None
+
+
+@attrs.frozen(slots=True)
+class NodeConfig:
+    """Tunables of a node. Times are seconds."""
+
+    heartbeat_interval: float = 0.5
+    failure_timeout: float = 2.0
+    handshake_timeout: float = 5.0
+    connect_timeout: float = 2.0
+    request_timeout: float = 5.0
+    max_pending: int = 8192
+    max_frame: int = 16 * 1024 * 1024
+    inbox_capacity: int = 1024
+    cluster: str = "phoenix"
+    compression: bool = False
+    forget_after: float = 120.0
+    breaker: BreakerConfig = attrs.field(factory=BreakerConfig)
+
+
+@attrs.frozen(slots=True)
+class BroadcastResult:
+    """What a broadcast reached: acknowledged targets, failed ones and, with acks, the missing."""
+
+    delivered: frozenset[str]
+    failed: dict[str, Exception]
+    missing: frozenset[str]
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed and not self.missing
+
+
+@attrs.define(slots=True)
+class _PendingRequest:
+    target: str
+    node: str | None
+    event: trio.Event = attrs.field(factory=trio.Event)
+    reply: Message | None = None
+    error: Exception | None = None
+
+
+@attrs.define(slots=True)
+class _PendingAcks:
+    expected: set[str]
+    acked: set[str] = attrs.field(factory=set)
+    failed: dict[str, Exception] = attrs.field(factory=dict)
+    event: trio.Event = attrs.field(factory=trio.Event)
+
+    def settle(self) -> None:
+        if self.expected <= self.acked | set(self.failed):
+            self.event.set()
+
+
+@attrs.frozen(slots=True)
+class _SendTemplate:
+    source: str
+    type: str
+    datacontenttype: str
+    delivery: DeliveryGuarantee
+    routing: RoutingMetadata
+    qos: QoSRequirements
+
+
+@attrs.frozen(slots=True)
+class MemberView:
+    node_id: str
+    address: Address
+    incarnation: int
+    status: str
+    connected: bool
+
+
+class Agent:
+    """A registered agent: iterate it for its messages; send and request as it.
+
+    Made by ``async with node.agent(agent_id) as agent``. ``async for message in agent``
+    yields each message; ``agent.inbox`` is the underlying :class:`~phoenix_trio.Inbox`.
+    """
+
+    def __init__(self, node: Node, agent_id: str, inbox: Inbox, group: str | None) -> None:
+        self.node = node
+        self.id = agent_id
+        self.inbox = inbox
+        self.group = group
+        self.uri = node_uri(node.id, agent_id)
+
+    def __aiter__(self) -> Inbox:
+        return self.inbox
+
+    async def receive(self) -> Message:
+        return await self.inbox.receive()
+
+    async def send(self, target: str, data: Any = None, **options: Any) -> None:
+        """:meth:`Node.send` with this agent as the source."""
+        options.setdefault("source", self.uri)
+        await self.node.send(target, data, **options)
+
+    async def request(self, target: str, data: Any = None, **options: Any) -> Message:
+        """:meth:`Node.request` with this agent as the source."""
+        options.setdefault("source", self.uri)
+        return await self.node.request(target, data, **options)
+
+    def statistics(self) -> Any:
+        return self.inbox.statistics()
+
+
+class Node:
+    """A running node. Use :func:`open_node`; see the module docstring."""
+
+    def __init__(self, name: str, *, listen: Address | None, seeds: list[Address], config: NodeConfig) -> None:
+        if not node_id_ok(name):
+            raise ConfigurationError(f"node name {name!r} must be 1-128 characters of A-Z a-z 0-9 . _ -")
+        self.id = name
+        self.uri = node_uri(name)
+        self.config = config
+        # Grows with every restart: milliseconds since the epoch, plus pid bits.
+        self.incarnation = max(1, (int(_dt.datetime.now(UTC).timestamp() * 1000) << 8) | (os.getpid() & 0xFF))
+        self._listen = listen
+        self._seeds = seeds
+        self.address: Address = listen or ("127.0.0.1", 0)
+        self.clock = LocalClock(name)
+        self.directory = Directory(name)
+        self.balancer = LoadBalancer()
+        self._rng = random.Random()
+        self._inboxes: dict[str, Inbox] = {}
+        self._connections: dict[str, Connection] = {}
+        self._all_connections: set[Connection] = set()
+        self._pending_requests: dict[str, _PendingRequest] = {}
+        self._pending_acks: dict[str, _PendingAcks] = {}
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._send_templates: dict[tuple[Any, ...], _SendTemplate] = {}
+        self._responders: dict[str, Callable[..., Any]] = {}
+        self._watchers: set[trio.MemorySendChannel[MemberEvent]] = set()
+        self._changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._membership: Membership | None = None
+        self._hello: Hello | None = None
+        self._timer_deadline = math.inf
+        self._timer_wakeup = trio.lowlevel.ParkingLot()
+        self._sends_since_yield = 0
+        self.closed = False
+        self.stats = {"sent": 0, "received": 0, "dropped_unknown_agent": 0, "encode_failures": 0, "protocol_errors": 0}
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def _start(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        if self._listen is not None:
+            listeners = await nursery.start(partial(trio.serve_tcp, self._accept, self._listen[1], host=self._listen[0]))
+            sockname = listeners[0].socket.getsockname()
+            self.address = (self._listen[0], sockname[1])
+        self._hello = Hello(
+            self.id,
+            self.incarnation,
+            self.address[0],
+            self.address[1],
+            self.config.cluster,
+            ("lz4", "templates") if self.config.compression else ("templates",),
+        )
+        self._membership = Membership(
+            MemberInfo(self.id, self.address, self.incarnation),
+            self._seeds,
+            config=MembershipConfig(
+                heartbeat_interval=self.config.heartbeat_interval,
+                failure_timeout=self.config.failure_timeout,
+                forget_after=self.config.forget_after,
+            ),
+            rng=self._rng,
+        )
+        nursery.start_soon(self._timer_loop)
+        self._apply(self._membership.start(trio.current_time()))
+
+    async def _stop(self) -> None:
+        self.closed = True
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(1.0):
+                async with trio.open_nursery() as nursery:
+                    for connection in list(self._all_connections):
+                        nursery.start_soon(connection.close_gracefully, "node shutting down")
+        for pending in self._pending_requests.values():
+            pending.error = NodeUnreachable(self.id, "local node closed")
+            pending.event.set()
+        for inbox in self._inboxes.values():
+            inbox.close()
+        for watcher in self._watchers:
+            watcher.close()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    # -- agents -------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def agent(self, agent_id: str, *, capacity: int | None = None, group: str | None = None) -> AsyncIterator[Agent]:
+        """Register ``agent_id`` (optionally in ``group``) for the duration of the block."""
+        if type(agent_id) is not str or not 0 < len(agent_id) <= 256:
+            raise ConfigurationError("agent ids are non-empty strings of at most 256 characters")
+        if agent_id in self._inboxes:
+            raise ConfigurationError(f"agent {agent_id!r} is already registered on this node")
+        inbox = Inbox(agent_id, capacity or self.config.inbox_capacity)
+        self._inboxes[agent_id] = inbox
+        self.directory.add_local(agent_id, group)
+        self._broadcast_agents([AgentUpdate(agent_id, group, True)])
+        self._notify_changed()
+        try:
+            yield Agent(self, agent_id, inbox, group)
+        finally:
+            self._inboxes.pop(agent_id, None)
+            self.directory.remove_local(agent_id)
+            inbox.close()
+            if not self.closed:
+                self._broadcast_agents([AgentUpdate(agent_id, group, False)])
+            self._notify_changed()
+
+    # -- sending ------------------------------------------------------------------------
+
+    def _template(self, type_: str, source: str | None, target: str, delivery: Any, priority: str | None, pattern: str, binary: bool) -> _SendTemplate:
+        key = (type_, source, target, delivery, priority, pattern, binary)
+        template = self._send_templates.get(key)
+        if template is not None:
+            return template
+        validate_type(type_)
+        traits = message_characteristics(type_)
+        if delivery is None:
+            guarantee = DeliveryGuarantee.build(traits.delivery, ordering=traits.ordering)
+        elif isinstance(delivery, DeliveryGuarantee):
+            guarantee = delivery
+        else:
+            guarantee = DeliveryGuarantee.build(delivery, ordering=traits.ordering)
+        routing = RoutingMetadata(pattern=pattern, target=target, priority=priority or traits.priority)
+        template = _SendTemplate(
+            source or self.uri,
+            type_,
+            "application/octet-stream" if binary else "application/json",
+            guarantee,
+            routing,
+            QoSRequirements(priority=routing.priority, consistency=traits.consistency),
+        )
+        if len(self._send_templates) >= 4096:
+            self._send_templates.clear()
+        self._send_templates[key] = template
+        return template
+
+    def _build(
+        self,
+        target: str,
+        data: Any,
+        *,
+        type: str,
+        source: str | None,
+        delivery: Any,
+        priority: str | None,
+        pattern: str,
+        correlation_id: str | None = None,
+        subject: str | None = None,
+    ) -> Message:
+        t = self._template(type, source, target, delivery, priority, pattern, data.__class__ is bytes)
+        routing = t.routing
+        if correlation_id is not None:
+            routing = attrs.evolve(routing, correlation_id=correlation_id)
+        current = _current_trace.get()
+        return Message(
+            new_id(),
+            t.source,
+            t.type,
+            data,
+            subject or target,
+            _dt.datetime.now(UTC),
+            t.datacontenttype,
+            None,
+            current.child() if current is not None else next_hop_trace(),
+            self.clock.tick(),
+            t.delivery,
+            routing,
+            None,
+            t.qos,
+            EMPTY,
+            SPECVERSION,
+        )
+
+    async def send(
+        self,
+        target: str,
+        data: Any = None,
+        *,
+        type: str = DIRECT_TYPE,
+        source: str | None = None,
+        delivery: str | DeliveryGuarantee | None = None,
+        priority: str | None = None,
+        wait: bool = True,
+    ) -> None:
+        """Send ``data`` to agent or group ``target``; returns once a transport accepted it.
+
+        Builds the design's direct message (type ``phoenix.agent.direct.send``, source,
+        subject = target, delivery, routing). With ``wait=False`` a full send queue raises
+        :class:`~phoenix_trio.Backpressure` instead of waiting. Raises
+        :class:`~phoenix_trio.AgentNotFound`, :class:`~phoenix_trio.NodeUnreachable` or
+        :class:`~phoenix_trio.CircuitOpen`. A cancellation point; yields to the scheduler
+        at least every few hundred calls.
+        """
+        agent_id, node = self._route(target)
+        message = self._build(
+            agent_id, data, type=type, source=source, delivery=delivery, priority=priority, pattern="point_to_point"
+        )
+        await self._dispatch(agent_id, node, message, 0, wait)
+
+    async def send_message(self, target: str, message: Message, *, wait: bool = True) -> None:
+        """Send a Message built by the caller (validated first) to ``target``."""
+        validate_message(message)
+        agent_id, node = self._route(target)
+        if message.subject != agent_id:
+            message = message.evolve(subject=agent_id)
+        await self._dispatch(agent_id, node, message, 0, wait)
+
+    def _route(self, target: str) -> tuple[str, str | None]:
+        """(agent id, node id or None for local) for an agent or group ``target``."""
+        if target in self._inboxes:
+            return target, None
+        now = trio.current_time()
+        breaker = self._breakers.get(target)
+        if breaker is not None:
+            breaker.allow(now)
+            breaker.release_probe()
+        try:
+            location = self.directory.locate(target, now)
+            return target, location.node
+        except AgentNotFound:
+            members = self.directory.group_members(target)
+            if not members:
+                raise
+            chosen = self.balancer.choose(members)
+            return chosen, self.directory.locate(chosen, now).node
+
+    async def _dispatch(self, agent_id: str, node: str | None, message: Message, flags: int, wait: bool) -> None:
+        self.stats["sent"] += 1
+        if node is None:
+            inbox = self._inboxes.get(agent_id)
+            if inbox is None:
+                raise AgentNotFound(agent_id)
+            if not inbox.put_nowait_many([message]):
+                if not wait:
+                    raise Backpressure(agent_id, "inbox full")
+                if not await inbox.put_many([message]):
+                    raise AgentNotFound(agent_id)
+            if flags & FLAG_ACK:
+                self._on_ack(message.correlation_id, agent_id)
+        else:
+            connection = self._connections.get(node)
+            if connection is None or connection.closed:
+                raise NodeUnreachable(node, "not connected")
+            if not connection.try_enqueue(message, flags):
+                await connection.enqueue(message, flags, wait=wait)
+        self._sends_since_yield += 1
+        if self._sends_since_yield >= SEND_YIELD_EVERY:
+            self._sends_since_yield = 0
+            await trio.lowlevel.checkpoint()
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+
+    # -- request / response -----------------------------------------------------------------
+
+    async def request(
+        self,
+        target: str,
+        data: Any = None,
+        *,
+        timeout: float | None = None,
+        type: str = REQUEST_TYPE,
+        source: str | None = None,
+        delivery: str | DeliveryGuarantee | None = None,
+        priority: str | None = None,
+    ) -> Message:
+        """Send a request and wait for its reply (the reply Message is returned).
+
+        Raises :class:`~phoenix_trio.RequestTimeout` after ``timeout`` seconds (default
+        from the node config), :class:`~phoenix_trio.NodeUnreachable` if the target's node
+        goes away meanwhile, :class:`~phoenix_trio.AgentNotFound` if it has no such agent.
+        Cancelling the call leaves nothing behind.
+        """
+        timeout = self.config.request_timeout if timeout is None else timeout
+        agent_id, node = self._route(target)
+        correlation_id = new_id()
+        message = self._build(
+            agent_id,
+            data,
+            type=type,
+            source=source,
+            delivery=delivery,
+            priority=priority,
+            pattern="request_response",
+            correlation_id=correlation_id,
+        )
+        if node is None:
+            object.__setattr__(message, "_responder", self._local_reply)
+        pending = _PendingRequest(agent_id, node)
+        self._pending_requests[correlation_id] = pending
+        breaker = self._breaker(agent_id)
+        started = trio.current_time()
+        stats = self.balancer.stats_for(agent_id)
+        stats.started()
+        try:
+            with trio.move_on_after(timeout) as scope:
+                await self._dispatch(agent_id, node, message, FLAG_REQUEST, True)
+                await pending.event.wait()
+        except BaseException:
+            stats.finished(None)
+            raise
+        finally:
+            self._pending_requests.pop(correlation_id, None)
+        now = trio.current_time()
+        if scope.cancelled_caught and pending.reply is None and pending.error is None:
+            stats.finished(now - started, failed=True)
+            breaker.record_failure(now)
+            raise RequestTimeout(target, timeout)
+        if pending.error is not None:
+            stats.finished(now - started, failed=True)
+            if isinstance(pending.error, NodeUnreachable):
+                breaker.record_failure(now)
+            raise pending.error
+        stats.finished(now - started)
+        breaker.record_success(now)
+        assert pending.reply is not None
+        return pending.reply
+
+    def _breaker(self, target: str) -> CircuitBreaker:
+        breaker = self._breakers.get(target)
+        if breaker is None:
+            if len(self._breakers) >= 10_000:
+                self._breakers.clear()
+            breaker = self._breakers[target] = CircuitBreaker(target, self.config.breaker)
+        return breaker
+
+    def breaker_state(self, target: str) -> str:
+        """``closed``, ``open`` or ``half_open`` for ``target``'s circuit breaker."""
+        breaker = self._breakers.get(target)
+        return "closed" if breaker is None else breaker.state(trio.current_time())
+
+    def _reply_message(self, request: Message, data: Any, options: dict[str, Any]) -> Message:
+        correlation_id = request.correlation_id
+        replier = request.subject or "?"
+        reply = self._build(
+            request.source,
+            data,
+            type=options.get("type", REPLY_TYPE),
+            source=node_uri(self.id, replier),
+            delivery=options.get("delivery"),
+            priority=options.get("priority"),
+            pattern="request_response",
+            correlation_id=correlation_id,
+            subject=request.source,
+        )
+        return reply
+
+    async def _local_reply(self, request: Message, data: Any, options: dict[str, Any]) -> None:
+        self._resolve_reply(self._reply_message(request, data, options))
+        await trio.lowlevel.checkpoint()
+
+    def _remote_responder(self, node_id: str) -> Callable[..., Any]:
+        responder = self._responders.get(node_id)
+        if responder is None:
+
+            async def responder(request: Message, data: Any, options: dict[str, Any]) -> None:
+                reply = self._reply_message(request, data, options)
+                connection = self._connections.get(node_id)
+                if connection is None or connection.closed:
+                    raise NodeUnreachable(node_id, "requester's node is gone")
+                await connection.enqueue(reply, 0)
+
+            self._responders[node_id] = responder
+        return responder
+
+    def _resolve_reply(self, reply: Message) -> None:
+        pending = self._pending_requests.get(reply.correlation_id or "")
+        if pending is not None and not pending.event.is_set():
+            pending.reply = reply
+            pending.event.set()
+
+    # -- broadcast --------------------------------------------------------------------------
+
+    async def broadcast(
+        self,
+        targets: Sequence[str],
+        data: Any = None,
+        *,
+        delivery_mode: str = "async",
+        timeout: float | None = None,
+        type: str = BROADCAST_TYPE,
+        source: str | None = None,
+    ) -> BroadcastResult:
+        """Send ``data`` to each agent in ``targets``.
+
+        ``delivery_mode="async"``: fire and forget; the result lists what the transports
+        accepted. ``"sync"``: every target acknowledges once the message is in its inbox;
+        waits up to ``timeout`` seconds and reports acknowledged, failed and missing targets.
+        """
+        if delivery_mode not in ("async", "sync"):
+            raise ConfigurationError("delivery_mode must be 'async' or 'sync'")
+        timeout = self.config.request_timeout if timeout is None else timeout
+        correlation_id = new_id() if delivery_mode == "sync" else None
+        waiter = _PendingAcks(set(targets)) if correlation_id else None
+        if waiter is not None and correlation_id is not None:
+            self._pending_acks[correlation_id] = waiter
+        sent: set[str] = set()
+        failed: dict[str, Exception] = {}
+        try:
+            with trio.move_on_after(timeout):
+                for target in dict.fromkeys(targets):
+                    try:
+                        agent_id, node = self._route(target)
+                        message = self._build(
+                            agent_id,
+                            data,
+                            type=type,
+                            source=source,
+                            delivery=None,
+                            priority=None,
+                            pattern="broadcast",
+                            correlation_id=correlation_id,
+                        )
+                        await self._dispatch(agent_id, node, message, FLAG_ACK if waiter else 0, True)
+                        sent.add(target)
+                    except (AgentNotFound, NodeUnreachable, Backpressure) as exc:
+                        failed[target] = exc
+                        if waiter is not None:
+                            waiter.failed[target] = exc
+                if waiter is not None:
+                    waiter.settle()
+                    await waiter.event.wait()
+        finally:
+            if correlation_id is not None:
+                self._pending_acks.pop(correlation_id, None)
+        if waiter is None:
+            return BroadcastResult(frozenset(sent), failed, frozenset())
+        failed.update(waiter.failed)
+        acked = frozenset(waiter.acked)
+        return BroadcastResult(acked, failed, frozenset(set(targets) - acked - set(failed)))
+
+    def _on_ack(self, correlation_id: str | None, agent_id: str) -> None:
+        waiter = self._pending_acks.get(correlation_id or "")
+        if waiter is not None:
+            waiter.acked.add(agent_id)
+            waiter.settle()
+
+    # -- membership -------------------------------------------------------------------------
+
+    @property
+    def members(self) -> dict[str, MemberView]:
+        """Every node this one knows, with its status (alive, suspect, dead, left)."""
+        assert self._membership is not None
+        return {
+            m.node_id: MemberView(m.node_id, m.address, m.incarnation, m.status, m.connected)
+            for m in self._membership.members.values()
+        }
+
+    def alive_members(self) -> list[str]:
+        assert self._membership is not None
+        return sorted(self._membership.alive())
+
+    @asynccontextmanager
+    async def watch_membership(self, *, buffer: int = 256) -> AsyncIterator[trio.MemoryReceiveChannel[MemberEvent]]:
+        """Membership events (joined, suspect, alive, dead, left, restarted) as they happen.
+
+        Events are dropped for a watcher that lets ``buffer`` of them pile up.
+        """
+        send, receive = trio.open_memory_channel[MemberEvent](buffer)
+        self._watchers.add(send)
+        try:
+            async with receive:
+                yield receive
+        finally:
+            self._watchers.discard(send)
+            send.close()
+
+    async def wait_for(self, predicate: Callable[[], bool], *, timeout: float) -> None:
+        """Wait until ``predicate()`` holds (checked on every membership or directory change)."""
+        with trio.fail_after(timeout):
+            while not predicate():
+                await self._changed.wait()
+
+    async def wait_for_agent(self, agent_id: str, *, timeout: float = 10.0) -> None:
+        """Wait until ``agent_id`` is known somewhere in the cluster."""
+        await self.wait_for(lambda: agent_id in self._inboxes or agent_id in self.directory.remote, timeout=timeout)
+
+    async def wait_for_members(self, count: int, *, timeout: float = 10.0) -> None:
+        """Wait until ``count`` other nodes are alive and connected."""
+        await self.wait_for(lambda: len(self._connections) >= count, timeout=timeout)
+
+    def _notify_changed(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    # -- effects from the membership core -----------------------------------------------------
+
+    def _apply(self, effects: Iterable[object]) -> None:
+        now = trio.current_time()
+        for effect in effects:
+            if isinstance(effect, Connect):
+                if self._nursery is not None and not self.closed:
+                    self._nursery.start_soon(self._connect, effect.address)
+            elif isinstance(effect, Disconnect):
+                connection = self._connections.get(effect.node_id)
+                if connection is not None:
+                    connection.close_reason = effect.reason
+                    connection.close(effect.reason)
+                    self._unregister(connection, now)
+            elif isinstance(effect, MemberEvent):
+                self._on_member_event(effect, now)
+            elif isinstance(effect, SetTimer):
+                if effect.deadline < self._timer_deadline:
+                    self._timer_deadline = effect.deadline
+                    self._timer_wakeup.unpark_all()
+                else:
+                    self._timer_deadline = effect.deadline
+
+    def _on_member_event(self, event: MemberEvent, now: float) -> None:
+        log.info("member %s %s (%s:%d)", event.node_id, event.kind, *event.address)
+        if event.kind in ("dead", "left", "restarted"):
+            self.directory.node_gone(event.node_id, now)
+            self._fail_node(event.node_id, f"node {event.kind}")
+        for watcher in list(self._watchers):
+            try:
+                watcher.send_nowait(event)
+            except trio.WouldBlock:
+                pass
+            except trio.BrokenResourceError:
+                self._watchers.discard(watcher)
+        self._notify_changed()
+
+    def _fail_node(self, node_id: str, reason: str) -> None:
+        for pending in self._pending_requests.values():
+            if pending.node == node_id and not pending.event.is_set():
+                pending.error = NodeUnreachable(node_id, reason)
+                pending.event.set()
+        for waiter in self._pending_acks.values():
+            for agent_id in waiter.expected - waiter.acked:
+                if self.directory.remote.get(agent_id, (node_id,))[0] == node_id:
+                    waiter.failed.setdefault(agent_id, NodeUnreachable(node_id, reason))
+            waiter.settle()
+        self._responders.pop(node_id, None)
+
+    async def _timer_loop(self) -> None:
+        assert self._membership is not None
+        while True:
+            with trio.move_on_at(self._timer_deadline):
+                await self._timer_wakeup.park()
+                continue
+            self._timer_deadline = math.inf
+            self._apply(self._membership.timer("membership-tick", trio.current_time()))
+
+    # -- connections ------------------------------------------------------------------------
+
+    async def _connect(self, address: Address) -> None:
+        assert self._membership is not None
+        try:
+            with trio.fail_after(self.config.connect_timeout):
+                stream = await trio.open_tcp_stream(*address)
+        except (OSError, trio.TooSlowError) as exc:
+            log.debug("connect to %s:%d failed: %s", *address, exc)
+            self._membership.connect_done(address)
+            return
+        self._membership.connect_done(address)
+        await self._run_connection(stream, outbound=True, via=address)
+
+    async def _accept(self, stream: trio.SocketStream) -> None:
+        await self._run_connection(stream, outbound=False, via=None)
+
+    async def _run_connection(self, stream: trio.abc.Stream, *, outbound: bool, via: Address | None) -> None:
+        connection = Connection(self, stream, outbound=outbound, via=via)
+        self._all_connections.add(connection)
+        try:
+            try:
+                hello = await connection.handshake(self.config.handshake_timeout)
+            except (ProtocolError, OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                log.info("handshake with %s failed: %s", via or "inbound peer", exc)
+                if isinstance(exc, ProtocolError):
+                    self.stats["protocol_errors"] += 1
+                    with trio.move_on_after(0.2):
+                        try:
+                            await stream.send_all(connection.protocol.error_bytes(exc))
+                        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                            pass
+                await trio.aclose_forcefully(stream)
+                return
+            if not self._register(connection, hello, via):
+                if self.closed:
+                    await connection.goodbye_now("node shutting down")
+                await trio.aclose_forcefully(stream)
+                return
+            await connection.run()
+        finally:
+            self._all_connections.discard(connection)
+            if self._connections.get(connection.peer.node_id if connection.peer else "") is connection:
+                self._unregister(connection, trio.current_time())
+
+    def _register(self, connection: Connection, hello: Hello, via: Address | None) -> bool:
+        """Adopt a handshaken connection, unless an equivalent one wins the tie-break."""
+        assert self._membership is not None
+        if self.closed:
+            return False
+        existing = self._connections.get(hello.node_id)
+        if existing is not None and not existing.closed and existing.peer is not None:
+            if existing.peer.incarnation == hello.incarnation:
+                preferred = min(self.id, hello.node_id)
+                if existing.initiator == preferred or connection.initiator != preferred:
+                    return False  # keep the one opened by the smaller node id
+            messages, flags = existing.take_pending()
+            existing.close("replaced by a newer connection")
+            for message, flag in zip(messages, flags):
+                connection.try_enqueue(message, flag)
+        self._connections[hello.node_id] = connection
+        now = trio.current_time()
+        self._apply(self._membership.connected(MemberInfo(hello.node_id, (hello.host, hello.port), hello.incarnation), now, via))
+        connection.send_control(connection.protocol.members([(m.node_id, m.address[0], m.address[1], m.incarnation) for m in self._membership.view()]))
+        connection.send_control(
+            connection.protocol.agents(True, [AgentUpdate(agent_id, group, True) for agent_id, group in self.directory.local.items()])
+        )
+        self._notify_changed()
+        return True
+
+    def _unregister(self, connection: Connection, now: float) -> None:
+        if connection.peer is None:
+            return
+        node_id = connection.peer.node_id
+        if self._connections.get(node_id) is connection:
+            del self._connections[node_id]
+            self._fail_node(node_id, connection.close_reason or "connection closed")
+            if self._membership is not None and not self.closed:
+                self._apply(self._membership.disconnected(node_id, now))
+            self._notify_changed()
+
+    def _heard(self, connection: Connection) -> None:
+        if connection.peer is not None and self._membership is not None:
+            member = self._membership.members.get(connection.peer.node_id)
+            if member is not None:
+                if member.status == "alive":
+                    member.last_heard = trio.current_time()
+                else:
+                    self._apply(self._membership.heard(connection.peer.node_id, trio.current_time()))
+
+    def _broadcast_agents(self, updates: list[AgentUpdate]) -> None:
+        for connection in self._connections.values():
+            connection.send_control(connection.protocol.agents(False, updates))
+
+    def _encode_failed(self, message: Message, error: EncodeError) -> None:
+        self.stats["encode_failures"] += 1
+        log.error("dropped message %s to %s: %s", message.id, message.subject, error)
+
+    # -- events from peers ------------------------------------------------------------------
+
+    async def _on_peer_event(self, connection: Connection, event: object) -> None:
+        if isinstance(event, DataBatch):
+            await self._on_data(connection, event)
+        elif isinstance(event, Heartbeat):
+            pass
+        elif isinstance(event, Agents):
+            node = connection.peer_id
+            if event.full:
+                self.directory.replace_node(node, [(u.agent_id, u.group) for u in event.updates])
+            else:
+                for update in event.updates:
+                    self.directory.update_remote(node, update.agent_id, update.group, update.up)
+            self._notify_changed()
+        elif isinstance(event, Members):
+            assert self._membership is not None
+            infos = [MemberInfo(node_id, (host, port), inc) for node_id, host, port, inc in event.members]
+            self._apply(self._membership.learned(infos, trio.current_time()))
+        elif isinstance(event, Acks):
+            for correlation_id, agent_id in event.acks:
+                self._on_ack(correlation_id, agent_id)
+        elif isinstance(event, RequestFailed):
+            self._on_request_failed(connection, event)
+        elif isinstance(event, Goodbye):
+            assert self._membership is not None
+            connection.close_reason = f"peer left: {event.reason}"
+            self._apply(self._membership.goodbye(connection.peer_id, trio.current_time()))
+            connection.close(connection.close_reason)
+        elif isinstance(event, PeerError):
+            log.warning("peer %s reports a protocol error: %s: %s", connection.peer_id, event.code, event.reason)
+            connection.close(f"peer error {event.code}")
+        elif isinstance(event, Hello):
+            raise ProtocolError("second HELLO")
+
+    def _on_request_failed(self, connection: Connection, event: RequestFailed) -> None:
+        if event.kind == "agent_not_found":
+            agent_id = event.detail
+            error: Exception = AgentNotFound(agent_id)
+        else:
+            error = NodeUnreachable(connection.peer_id, f"{event.kind}: {event.detail}")
+        pending = self._pending_requests.get(event.correlation_id)
+        if pending is not None and not pending.event.is_set():
+            pending.error = error
+            pending.event.set()
+        waiter = self._pending_acks.get(event.correlation_id)
+        if waiter is not None:
+            waiter.failed[event.detail] = error
+            waiter.settle()
+
+    async def _on_data(self, connection: Connection, batch: DataBatch) -> None:
+        inboxes = self._inboxes
+        groups: dict[str, list[Message]] = {}
+        acks: list[tuple[str, str]] = []
+        flags_list = batch.flags
+        responder = None
+        for i, message in enumerate(batch.messages):
+            flags = flags_list[i]
+            if message.type == REPLY_TYPE:
+                self._resolve_reply(message)
+                continue
+            target = message.subject
+            if target is None or target not in inboxes:
+                self.stats["dropped_unknown_agent"] += 1
+                if flags and message.correlation_id:
+                    connection.send_control(connection.protocol.request_failed(message.correlation_id, "agent_not_found", str(target)))
+                continue
+            if flags & FLAG_REQUEST:
+                if responder is None:
+                    responder = self._remote_responder(connection.peer_id)
+                object.__setattr__(message, "_responder", responder)
+            if flags & FLAG_ACK and message.correlation_id:
+                acks.append((message.correlation_id, target))
+            group = groups.get(target)
+            if group is None:
+                groups[target] = [message]
+            else:
+                group.append(message)
+        self.stats["received"] += len(batch.messages)
+        for agent_id, messages in groups.items():
+            inbox = inboxes.get(agent_id)
+            if inbox is None:
+                continue
+            taken = inbox.put_nowait_many(messages)
+            if taken < len(messages):
+                await self._wait_for_room(connection, inbox, messages[taken:])
+            if acks:
+                # Acknowledge each agent's messages as soon as they are in its inbox.
+                done = [ack for ack in acks if ack[1] == agent_id]
+                if done:
+                    connection.send_control(connection.protocol.acks(done))
+
+    async def _wait_for_room(self, connection: Connection, inbox: Inbox, messages: list[Message]) -> None:
+        """A full inbox: stop reading from this peer (backpressure) until there is room."""
+        assert self._membership is not None
+        peer = connection.peer_id
+        self._membership.stall(peer, True, trio.current_time())
+        try:
+            await inbox.put_many(messages)
+        finally:
+            self._membership.stall(peer, False, trio.current_time())
+
+    # -- introspection --------------------------------------------------------------------------
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "node": self.id,
+            "address": f"{self.address[0]}:{self.address[1]}",
+            "agents": sorted(self._inboxes),
+            "members": {k: v.status for k, v in self.members.items()},
+            "connections": {k: c.statistics() for k, c in self._connections.items()},
+            **self.stats,
+        }
+
+
+@asynccontextmanager
+async def open_node(
+    name: str,
+    *,
+    listen: str | Address | None = None,
+    seeds: Sequence[str | Address] = (),
+    config: NodeConfig | None = None,
+    **options: Any,
+) -> AsyncIterator[Node]:
+    """Start a node in the running Trio program; leaving the block stops it completely.
+
+    ``listen``: ``"host:port"`` to accept peers (port 0 picks a free one; see
+    ``node.address``), or None for a node that only dials out. ``seeds``: addresses of
+    nodes to join through. Other keyword arguments override :class:`NodeConfig` fields.
+    """
+    if options:
+        unknown = set(options) - set(attrs.fields_dict(NodeConfig))
+        if unknown:
+            raise ConfigurationError(f"unknown node option(s): {', '.join(sorted(unknown))}")
+        config = attrs.evolve(config or NodeConfig(), **options)
+    node = Node(
+        name,
+        listen=parse_address(listen),
+        seeds=[a for a in (parse_address(s) for s in seeds) if a is not None],
+        config=config or NodeConfig(),
+    )
+    tokens = set_local_node(node.id, node.clock)
+    try:
+        async with trio.open_nursery() as nursery:
+            await node._start(nursery)
+            try:
+                yield node
+            finally:
+                await node._stop()
+    finally:
+        reset_local_node(tokens)
