@@ -408,14 +408,7 @@ class PeerProtocol:
             payload = msgpack.packb(items, use_bin_type=True, datetime=True, default=_default)
         except (TypeError, ValueError, OverflowError) as exc:
             raise EncodeError(f"cannot encode message data: {exc}") from None
-        frame_flags = 0
-        if self._compress and len(payload) >= COMPRESS_THRESHOLD:
-            from .serialization import compress
-
-            packed, used = compress(payload, "lz4", threshold=COMPRESS_THRESHOLD)
-            if used:
-                payload, frame_flags = packed, core.FLAG_COMPRESSED
-        if len(payload) > self.max_frame:
+        if len(payload) > self.max_frame:  # checked before compression: the receiver bounds inflation by it
             if len(messages) == 1:
                 raise EncodeError(f"message of {len(payload)} bytes exceeds the {self.max_frame}-byte frame limit")
             half = len(messages) // 2
@@ -426,6 +419,13 @@ class PeerProtocol:
             return self._data_frame(messages[:half], flags[:half] if flags else None) + self._data_frame(
                 messages[half:], flags[half:] if flags else None
             )
+        frame_flags = 0
+        if self._compress and len(payload) >= COMPRESS_THRESHOLD:
+            from .serialization import compress
+
+            packed, used = compress(payload, "lz4", threshold=COMPRESS_THRESHOLD)
+            if used:
+                payload, frame_flags = packed, core.FLAG_COMPRESSED
         return core.encode_frame(payload, channel=DATA_CHANNEL, flags=frame_flags)
 
     # -- incoming -------------------------------------------------------------------
