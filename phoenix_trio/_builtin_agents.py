@@ -4,6 +4,10 @@
 - ``counter``: counts what it receives; a request ``"count"`` answers with the count,
   ``"reset"`` zeroes it, ``"stats"`` answers with the count and the first/last arrival.
 - ``sink``: takes messages and forgets them (a consumer that never slows anyone down).
+- ``driver``: generates traffic on request: ``{"send": target, "count": n, "size": bytes}``
+  sends ``n`` messages and answers with the rate; ``{"request": target, "count": n}``
+  makes ``n`` requests and answers with latency percentiles; ``"node-stats"`` answers
+  with the node's statistics. The demo conducts the cluster through these.
 - ``slow``: a deliberately slow consumer (one message per millisecond, inbox of 100),
   for showing backpressure; requests are answered like ``counter``'s.
 
@@ -19,7 +23,7 @@ import trio
 
 from ._node import Node
 
-KINDS = ("echo", "counter", "sink", "slow")
+KINDS = ("echo", "counter", "sink", "slow", "driver")
 CAPACITY = {"slow": 100}
 
 
@@ -53,6 +57,42 @@ async def run_agent(node: Node, kind: str, agent_id: str, *, task_status: Any = 
                 last = time.time()
                 if first is None:
                     first = last
+        elif kind == "driver":
+            async for message in agent:
+                if message.is_request:
+                    await message.reply(await _drive(agent, message.data))
         else:
             async for _ in agent:
                 pass
+
+
+async def _drive(agent: Any, order: Any) -> Any:
+    """Carry out one traffic order for the ``driver`` agent."""
+    node = agent.node
+    if order == "node-stats":
+        return node.statistics()
+    if not isinstance(order, dict):
+        return {"error": f"unknown order {order!r}"}
+    count = int(order.get("count", 0))
+    if "send" in order:
+        payload = b"x" * int(order.get("size", 100))
+        start = time.perf_counter()
+        for _ in range(count):
+            await agent.send(order["send"], payload)
+        return {"sent": count, "seconds": time.perf_counter() - start}
+    if "request" in order:
+        latencies = []
+        for i in range(count):
+            t0 = time.perf_counter()
+            reply = await agent.request(order["request"], i, timeout=10)
+            latencies.append(time.perf_counter() - t0)
+            if reply.data != i:
+                return {"error": f"wrong reply {reply.data!r} for {i}"}
+        latencies.sort()
+        return {
+            "requests": count,
+            "p50_us": latencies[len(latencies) // 2] * 1e6,
+            "p99_us": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1e6,
+            "seconds": sum(latencies),
+        }
+    return {"error": f"unknown order {order!r}"}

@@ -726,6 +726,12 @@ class Node:
         if event.kind in ("dead", "left", "restarted"):
             self.directory.node_gone(event.node_id, now)
             self._fail_node(event.node_id, f"node {event.kind}")
+        if event.kind in ("joined", "restarted") and event.address[1] != 0:
+            # Tell the others, so nodes that cannot be dialled back learn new addresses.
+            entry = [(event.node_id, event.address[0], event.address[1], event.incarnation)]
+            for node_id, connection in self._connections.items():
+                if node_id != event.node_id:
+                    connection.send_control(connection.protocol.members(entry))
         for watcher in list(self._watchers):
             try:
                 watcher.send_nowait(event)

@@ -12,7 +12,7 @@ import trio
 import phoenix_trio as px
 from phoenix_trio import NodeUnreachable
 
-from .cluster_processes import NodeProcess
+from phoenix_trio._node_process import NodeProcess
 
 pytestmark = pytest.mark.processes
 

@@ -1,4 +1,4 @@
-"""Run phoenix_trio nodes as real OS processes for tests, the demo and benchmarks.
+"""Run phoenix_trio nodes as real OS processes: for the demo, tests and benchmarks.
 
 :class:`NodeProcess` starts ``python -m phoenix_trio node ...`` and follows its JSON
 event lines on stdout (``listening``, ``member_joined``, ...), so a test waits on the
@@ -10,14 +10,29 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
+from functools import partial
 from typing import Any
 
 import trio
 
 
+async def _kill(process: trio.Process) -> None:
+    process.kill()
+
+
 class NodeProcess:
-    def __init__(self, name: str, *, seeds: list[str] = (), agents: list[str] = (), failure_timeout: float = 1.0, heartbeat: float = 0.2, listen: str = "127.0.0.1:0") -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        seeds: list[str] | tuple[str, ...] = (),
+        agents: list[str] | tuple[str, ...] = (),
+        failure_timeout: float = 1.0,
+        heartbeat: float = 0.2,
+        listen: str = "127.0.0.1:0",
+    ) -> None:
         self.name = name
         self.seeds = list(seeds)
         self.agents = list(agents)
@@ -45,8 +60,11 @@ class NodeProcess:
         return cmd
 
     async def start(self, nursery: trio.Nursery, timeout: float = 20.0) -> NodeProcess:
+        """Start the process under ``nursery`` (cancelling it kills the process) and wait until it listens."""
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.process = await trio.lowlevel.open_process(self.command(), stdout=-1, env=env)
+        self.process = await nursery.start(
+            partial(trio.run_process, self.command(), stdout=subprocess.PIPE, env=env, check=False, deliver_cancel=_kill)
+        )
         send, receive = trio.open_memory_channel[dict[str, Any]](1000)
         self._lines = receive
         nursery.start_soon(self._pump, send)
