@@ -76,6 +76,14 @@ def register_format(
 
 register_format("msgpack", _msgpack.encode, _msgpack.decode)
 register_format("json", _json.encode, _json.decode, encode_batch=_json.encode_batch, decode_batch=_json.decode_batch)
+try:  # the protobuf package is the optional "formats" extra
+    from . import _protobuf
+except ImportError:  # pragma: no cover - exercised only without the extra
+    pass
+else:
+    register_format(
+        "protobuf", _protobuf.encode, _protobuf.decode, encode_batch=_protobuf.encode_batch, decode_batch=_protobuf.decode_batch
+    )
 
 
 def _codec(name: str) -> tuple[Encoder, Decoder]:

@@ -157,6 +157,17 @@ def _dumps(value: Any) -> str:
         raise EncodeError(f"data is not representable as JSON: {exc}") from None
 
 
+def dumps_data(data: Any, *, depth: int = 1) -> str:
+    """``data`` as a JSON document, or :class:`EncodeError` if it would not come back equal.
+
+    ``depth`` is the nesting level ``data`` sits at (so what is written stays readable
+    within :data:`MAX_DEPTH`).
+    """
+    if isinstance(data, (dict, list, tuple)):
+        _check_json_value(data, depth)
+    return _dumps(data)
+
+
 # -- one event -------------------------------------------------------------------------------------
 
 
@@ -178,7 +189,7 @@ def to_object(message: Message) -> dict[str, Any]:
         obj["data_base64"] = base64.b64encode(data).decode("ascii")
     elif is_json_content_type(message.datacontenttype):
         if isinstance(data, (dict, list, tuple)):
-            _check_json_value(data, 2)
+            _check_json_value(data, 3)  # inside the event object, inside a batch array
         obj["data"] = data
     elif type(data) is str:
         obj["data"] = data
@@ -254,6 +265,7 @@ __all__ = [
     "decode",
     "decode_batch",
     "encode",
+    "dumps_data",
     "encode_batch",
     "from_object",
     "is_json_content_type",
