@@ -33,12 +33,16 @@ import attrs
 
 from .._errors import ConfigurationError
 from .._message import Message
-from . import _json, _msgpack
+from . import _etf, _json, _msgpack
 from ._compression import ALGORITHMS as ALGORITHMS
 from ._compression import DEFAULT_MAX_SIZE as DEFAULT_MAX_SIZE
 from ._compression import DEFAULT_THRESHOLD as DEFAULT_THRESHOLD
 from ._compression import compress as compress
 from ._compression import decompress as decompress
+from ._etf import Atom as Atom
+from ._etf import ETFLimits as ETFLimits
+from ._etf import binary_to_term as binary_to_term
+from ._etf import term_to_binary as term_to_binary
 
 Format = Literal["msgpack", "json", "protobuf", "etf"]
 FORMATS: tuple[str, ...] = ("msgpack", "json", "protobuf", "etf")
@@ -75,6 +79,7 @@ def register_format(
 
 
 register_format("msgpack", _msgpack.encode, _msgpack.decode)
+register_format("etf", _etf.encode, _etf.decode)
 register_format("json", _json.encode, _json.decode, encode_batch=_json.encode_batch, decode_batch=_json.decode_batch)
 try:  # the protobuf package is the optional "formats" extra
     from . import _protobuf
@@ -189,12 +194,15 @@ def batch_formats() -> Iterable[str]:
 
 __all__ = [
     "ALGORITHMS",
+    "Atom",
     "DEFAULT_MAX_SIZE",
     "DEFAULT_THRESHOLD",
+    "ETFLimits",
     "FORMATS",
     "FormatSelector",
     "available_formats",
     "batch_formats",
+    "binary_to_term",
     "compress",
     "decompress",
     "default_selector",
@@ -204,4 +212,5 @@ __all__ = [
     "select_format",
     "serialize",
     "serialize_batch",
+    "term_to_binary",
 ]
