@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phoenix_trio import ConfigurationError, DecodeError, EncodeError, Message, validate_message
+from phoenix_trio import ConfigurationError, DecodeError, EncodeError, Message, SecurityInfo, validate_message
 from phoenix_trio import serialization as ser
 from phoenix_trio.serialization import _msgpack
 
@@ -71,6 +71,19 @@ def test_msgpack_layout_is_the_documented_array() -> None:
     assert obj[1:5] == [message.id, message.source, message.type, {"k": "v"}]
     assert obj[6] == message.time
     assert obj[12][1] == "planner"
+
+
+def test_msgpack_caches_never_skip_validation() -> None:
+    m = Message.new("x", target="t", correlation_id="c-1", security=SecurityInfo(agent_id="a", key_id="k"))
+    good = msgpack.unpackb(_msgpack.encode(m), timestamp=3)
+    assert _msgpack.from_array(good) == m  # now the routing prefix and the identity record are cached
+    for index, position, bad in [(12, 7, 42), (12, 7, ""), (13, 3, "not bytes"), (13, 2, 5), (13, 0, "")]:
+        obj = msgpack.unpackb(_msgpack.encode(m), timestamp=3)
+        obj[index][position] = bad
+        with pytest.raises(DecodeError):
+            _msgpack.from_array(obj)
+    again = _msgpack.from_array(good)
+    assert again == m and again.routing is not m.routing  # per-message correlation id: a fresh record
 
 
 def test_unrepresentable_data_is_an_encode_error() -> None:
