@@ -561,3 +561,10 @@ def test_mutated_bytes(message: Message, data: st.DataObject) -> None:
         validate_message(ser.deserialize(bytes(payload), "etf"))
     except DecodeError:
         pass
+
+
+@settings(max_examples=200)
+@given(etf_messages)
+def test_struct_writer_matches_the_generic_encoder(message: Message) -> None:
+    # encode() writes the struct directly; to_term() + term_to_binary() is the reference.
+    assert _etf.encode(message, compress_threshold=None) == term_to_binary(_etf.to_term(message))

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import operator
 import struct
 import types
 import zlib
@@ -126,8 +127,8 @@ class ETFLimits:
     - ``max_size``: bytes of input, and of a compressed term once inflated;
     - ``max_depth``: nesting of lists, tuples and maps;
     - ``max_terms``: terms in one payload (each list element, map key and value counts);
-    - ``max_atoms``: distinct atoms in one payload; ``max_atom_length``: characters per
-      atom (255, Erlang's own limit);
+    - ``max_atoms``: distinct atoms in one payload, besides the message struct's own
+      fixed ones; ``max_atom_length``: characters per atom (255, Erlang's own limit);
     - ``max_bignum_bytes``: digits of one SMALL_BIG/LARGE_BIG integer.
     """
 
@@ -345,98 +346,194 @@ _unpack_double = struct.Struct(">d").unpack_from
 _SPECIAL_ATOMS: dict[str, Any] = {"nil": None, "true": True, "false": False}
 
 
-class _Decoder:
-    __slots__ = ("atoms", "data", "end", "limits", "pos", "terms")
+_MISSING = object()
+_known_atoms: dict[bytes, Any] = {}
+"""The message struct's own atoms (keys, modules, enumerations, DateTime's), by their
+encoding (UTF-8 bytes, or NUL + latin-1 bytes), made once at import: decoding a message
+does not re-create them, and they do not count against ``max_atoms``. Fixed: what peers
+send never enters it."""
 
-    def __init__(self, data: bytes, pos: int, limits: ETFLimits) -> None:
-        self.data = data
-        self.pos = pos
-        self.end = len(data)
-        self.limits = limits
-        self.terms = 0
-        self.atoms: dict[bytes, Any] = {}
 
-    def need(self, n: int) -> int:
-        start = self.pos
-        if start + n > self.end:
-            raise DecodeError("truncated term")
-        self.pos = start + n
-        return start
+def _decode_body(data: bytes, pos: int, limits: ETFLimits) -> Any:
+    """Decode the one term in ``data[pos:]`` (no version byte); everything must be consumed.
 
-    def count(self, n: int) -> None:
-        self.terms += n
-        if self.terms > self.limits.max_terms:
-            raise DecodeError(f"more than {self.limits.max_terms} terms")
+    A closure over local state rather than a class: this runs once per term, and method
+    calls and attribute access are most of the cost of a pure-Python decoder. Bounds: an
+    index past the end raises IndexError (turned into DecodeError by the caller), slices
+    are checked against the end, and container sizes are checked against the bytes left
+    (every element takes at least one) before anything is allocated.
+    """
+    end = len(data)
+    max_terms = limits.max_terms
+    max_atoms = limits.max_atoms
+    max_atom_length = limits.max_atom_length
+    max_bignum = limits.max_bignum_bytes
+    atoms: dict[bytes, Any] = {}  # the atoms this payload introduced
+    terms = 1
+    unpack_uint32 = _unpack_uint32
+    unpack_uint16 = _unpack_uint16
 
-    def atom(self, raw: bytes, encoding: str) -> Any:
-        key = raw if encoding == "utf-8" else b"\x00" + raw  # latin-1 and UTF-8 spell some atoms differently
-        known = self.atoms.get(key)
-        if known is not None or key in self.atoms:
-            return known
-        if len(self.atoms) >= self.limits.max_atoms:
-            raise DecodeError(f"more than {self.limits.max_atoms} distinct atoms")
-        try:
-            name = raw.decode(encoding)
-        except UnicodeDecodeError:
-            raise DecodeError("atom is not valid UTF-8") from None
-        if len(name) > self.limits.max_atom_length:
-            raise DecodeError(f"atom longer than {self.limits.max_atom_length} characters")
-        value = _SPECIAL_ATOMS[name] if name in _SPECIAL_ATOMS else Atom(name)
-        self.atoms[key] = value
+    known = _known_atoms
+    check_length = max_atom_length < MAX_ATOM_CHARACTERS  # known atoms are within Erlang's own limit
+
+    def new_atom(key: bytes, raw: bytes, encoding: str) -> Any:
+        """An atom not known before (at most max_atoms distinct ones per payload)."""
+        value = atoms.get(key, _MISSING)
+        if value is not _MISSING:
+            return value
+        if len(atoms) >= max_atoms:
+            raise DecodeError(f"more than {max_atoms} distinct atoms")
+        value = known.get(key, _MISSING)
+        if value is _MISSING:
+            try:
+                name = raw.decode(encoding)
+            except UnicodeDecodeError:
+                raise DecodeError("atom is not valid UTF-8") from None
+            if len(name) > MAX_ATOM_CHARACTERS:
+                raise DecodeError(f"atom longer than {MAX_ATOM_CHARACTERS} characters")
+            value = _SPECIAL_ATOMS[name] if name in _SPECIAL_ATOMS else Atom(name)
+        if value is not None and type(value) is not bool and len(value) > max_atom_length:
+            raise DecodeError(f"atom longer than {max_atom_length} characters")
+        atoms[key] = value
         return value
 
-    def term(self, depth: int) -> Any:
-        data = self.data
-        pos = self.need(1)
+    def count(n: int) -> None:
+        nonlocal terms
+        terms += n
+        if terms > max_terms:
+            raise DecodeError(f"more than {max_terms} terms")
+
+    def term(depth: int) -> Any:
+        nonlocal pos
         tag = data[pos]
-        self.count(1)
-        if tag == BINARY_EXT:
-            size = _unpack_uint32(data, self.need(4))[0]
-            start = self.need(size)
-            raw = data[start : start + size]
+        pos += 1
+        if tag == 119 or tag == 115:  # SMALL_ATOM_UTF8_EXT, SMALL_ATOM_EXT (latin-1)
+            start = pos + 1
+            pos = start + data[start - 1]
+            if pos > end:
+                raise DecodeError("truncated term")
+            raw = data[start:pos]
+            key = raw if tag == 119 else b"\x00" + raw  # latin-1 spells some atoms differently
+            value = known.get(key, _MISSING)
+            if value is _MISSING or check_length:
+                return new_atom(key, raw, "utf-8" if tag == 119 else "latin-1")
+            return value
+        if tag == 109:  # BINARY_EXT
+            start = pos + 4
+            pos = start + unpack_uint32(data, pos)[0]
+            if pos > end:
+                raise DecodeError("truncated term")
+            raw = data[start:pos]
             try:
                 return raw.decode("utf-8")
             except UnicodeDecodeError:
                 return raw
-        if tag == SMALL_INTEGER_EXT:
-            return data[self.need(1)]
-        if tag == SMALL_ATOM_UTF8_EXT or tag == SMALL_ATOM_EXT:
-            size = data[self.need(1)]
-            start = self.need(size)
-            return self.atom(data[start : start + size], "utf-8" if tag == SMALL_ATOM_UTF8_EXT else "latin-1")
-        if tag == ATOM_EXT or tag == ATOM_UTF8_EXT:
-            size = _unpack_uint16(data, self.need(2))[0]
-            start = self.need(size)
-            return self.atom(data[start : start + size], "utf-8" if tag == ATOM_UTF8_EXT else "latin-1")
-        if tag == MAP_EXT:
-            return self.map(_unpack_uint32(data, self.need(4))[0], depth)
-        if tag == INTEGER_EXT:
-            return _unpack_int32(data, self.need(4))[0]
-        if tag == NIL_EXT:
+        if tag == 97:  # SMALL_INTEGER_EXT
+            pos += 1
+            return data[pos - 1]
+        if tag == 100 or tag == 118:  # ATOM_EXT (latin-1), ATOM_UTF8_EXT
+            start = pos + 2
+            pos = start + unpack_uint16(data, pos)[0]
+            if pos > end:
+                raise DecodeError("truncated term")
+            raw = data[start:pos]
+            key = raw if tag == 118 else b"\x00" + raw
+            value = known.get(key, _MISSING)
+            if value is _MISSING or check_length:
+                return new_atom(key, raw, "utf-8" if tag == 118 else "latin-1")
+            return value
+        if tag == 116:  # MAP_EXT
+            size = unpack_uint32(data, pos)[0]
+            pos += 4
+            if depth <= 0:
+                raise DecodeError(f"term nests deeper than {limits.max_depth} levels")
+            if size * 2 > end - pos:
+                raise DecodeError("map larger than the payload")
+            count(size * 2)
+            result: dict[Any, Any] = {}
+            depth -= 1
+            for _ in range(size):
+                key = term(depth)
+                value = term(depth)
+                try:
+                    if key in result:
+                        raise DecodeError(f"map key {key!r} appears twice")
+                    result[key] = value
+                except TypeError:
+                    raise DecodeError("map keys must be hashable in Python (no lists or maps as keys)") from None
+            module = result.get(STRUCT)
+            if type(module) is Atom and module == DATETIME_MODULE:
+                return _datetime_from_term(result)
+            return result
+        if tag == 98:  # INTEGER_EXT
+            pos += 4
+            return _unpack_int32(data, pos - 4)[0]
+        if tag == 106:  # NIL_EXT
             return []
-        if tag == LIST_EXT:
-            return self.list(_unpack_uint32(data, self.need(4))[0], depth)
-        if tag == SMALL_TUPLE_EXT:
-            return self.tuple(data[self.need(1)], depth)
-        if tag == LARGE_TUPLE_EXT:
-            return self.tuple(_unpack_uint32(data, self.need(4))[0], depth)
-        if tag == NEW_FLOAT_EXT:
-            value = _unpack_double(data, self.need(8))[0]
+        if tag == 108 or tag == 104 or tag == 105:  # LIST_EXT, SMALL_TUPLE_EXT, LARGE_TUPLE_EXT
+            if tag == 104:
+                size = data[pos]
+                pos += 1
+            else:
+                size = unpack_uint32(data, pos)[0]
+                pos += 4
+            if depth <= 0:
+                raise DecodeError(f"term nests deeper than {limits.max_depth} levels")
+            if size > end - pos:
+                raise DecodeError(f"{'list' if tag == 108 else 'tuple'} longer than the payload")
+            count(size)
+            depth -= 1
+            items = [term(depth) for _ in range(size)]
+            if tag == 108:
+                if data[pos] != 106:
+                    raise DecodeError("improper lists are not supported")
+                pos += 1
+                return items
+            if size == 2 and type(items[0]) is Atom and items[0] == BYTES_TAG:
+                raw = items[1]
+                if type(raw) is str:
+                    return raw.encode("utf-8")
+                if type(raw) is bytes:
+                    return raw
+                raise DecodeError("{'$bytes', _} must hold a binary")
+            return tuple(items)
+        if tag == 70:  # NEW_FLOAT_EXT
+            pos += 8
+            value = _unpack_double(data, pos - 8)[0]
             if not math.isfinite(value):
                 raise DecodeError("Erlang floats are finite")
             return value
-        if tag == STRING_EXT:
-            size = _unpack_uint16(data, self.need(2))[0]
-            self.count(size)
-            start = self.need(size)
-            return list(data[start : start + size])
-        if tag == SMALL_BIG_EXT:
-            return self.big(data[self.need(1)])
-        if tag == LARGE_BIG_EXT:
-            return self.big(_unpack_uint32(data, self.need(4))[0])
-        if tag == FLOAT_EXT:
-            start = self.need(31)
-            text = data[start : start + 31].split(b"\x00", 1)[0]
+        if tag == 107:  # STRING_EXT
+            start = pos + 2
+            pos = start + unpack_uint16(data, pos)[0]
+            if pos > end:
+                raise DecodeError("truncated term")
+            count(pos - start)
+            return list(data[start:pos])
+        if tag == 110 or tag == 111:  # SMALL_BIG_EXT, LARGE_BIG_EXT
+            if tag == 110:
+                size = data[pos]
+                pos += 1
+            else:
+                size = unpack_uint32(data, pos)[0]
+                pos += 4
+            if size > max_bignum:
+                raise DecodeError(f"integer larger than {max_bignum} bytes")
+            sign = data[pos]
+            if sign > 1:
+                raise DecodeError("bignum sign must be 0 or 1")
+            start = pos + 1
+            pos = start + size
+            if pos > end:
+                raise DecodeError("truncated term")
+            magnitude = int.from_bytes(data[start:pos], "little")
+            return -magnitude if sign else magnitude
+        if tag == 99:  # FLOAT_EXT (before OTP 17, minor_version 0)
+            start = pos
+            pos += 31
+            if pos > end:
+                raise DecodeError("truncated term")
+            text = data[start:pos].split(b"\x00", 1)[0]
             try:
                 value = float(text.decode("ascii"))
             except (UnicodeDecodeError, ValueError):
@@ -446,65 +543,15 @@ class _Decoder:
             return value
         raise DecodeError(f"unsupported or invalid term tag {tag}")
 
-    def big(self, size: int) -> int:
-        if size > self.limits.max_bignum_bytes:
-            raise DecodeError(f"integer larger than {self.limits.max_bignum_bytes} bytes")
-        sign = self.data[self.need(1)]
-        if sign > 1:
-            raise DecodeError("bignum sign must be 0 or 1")
-        start = self.need(size)
-        value = int.from_bytes(self.data[start : start + size], "little")
-        return -value if sign else value
-
-    def list(self, size: int, depth: int) -> list[Any]:
-        if depth <= 0:
-            raise DecodeError(f"term nests deeper than {self.limits.max_depth} levels")
-        if size > self.end - self.pos:  # every element takes at least a byte
-            raise DecodeError("list longer than the payload")
-        self.count(size)
-        term = self.term
-        items = [term(depth - 1) for _ in range(size)]
-        self.terms -= size  # each element counted itself
-        if self.data[self.need(1)] != NIL_EXT:
-            raise DecodeError("improper lists are not supported")
-        return items
-
-    def tuple(self, size: int, depth: int) -> Any:
-        if depth <= 0:
-            raise DecodeError(f"term nests deeper than {self.limits.max_depth} levels")
-        if size > self.end - self.pos:
-            raise DecodeError("tuple longer than the payload")
-        term = self.term
-        items = tuple([term(depth - 1) for _ in range(size)])
-        if size == 2 and items[0] == BYTES_TAG and type(items[0]) is Atom:
-            raw = items[1]
-            if type(raw) is str:
-                return raw.encode("utf-8")
-            if type(raw) is bytes:
-                return raw
-            raise DecodeError("{'$bytes', _} must hold a binary")
-        return items
-
-    def map(self, size: int, depth: int) -> Any:
-        if depth <= 0:
-            raise DecodeError(f"term nests deeper than {self.limits.max_depth} levels")
-        if size * 2 > self.end - self.pos:
-            raise DecodeError("map larger than the payload")
-        term = self.term
-        result: dict[Any, Any] = {}
-        for _ in range(size):
-            key = term(depth - 1)
-            value = term(depth - 1)
-            try:
-                if key in result:
-                    raise DecodeError(f"map key {key!r} appears twice")
-                result[key] = value
-            except TypeError:
-                raise DecodeError("map keys must be hashable in Python (no lists or maps as keys)") from None
-        module = result.get(STRUCT)
-        if type(module) is Atom and module == DATETIME_MODULE:
-            return _datetime_from_term(result)
-        return result
+    try:
+        value = term(limits.max_depth)
+    except (IndexError, struct.error):
+        raise DecodeError("truncated term") from None
+    except RecursionError:
+        raise DecodeError("term nests too deeply") from None
+    if pos != end:
+        raise DecodeError("trailing bytes after the term")
+    return value
 
 
 def _datetime_from_term(term: dict[Any, Any]) -> _dt.datetime:
@@ -557,16 +604,8 @@ def binary_to_term(payload: bytes, *, limits: ETFLimits = DEFAULT_LIMITS) -> Any
             raise DecodeError(f"corrupt compressed term: {exc}") from None
         if len(body) != size or inflater.unconsumed_tail or not inflater.eof or inflater.unused_data:
             raise DecodeError("compressed term does not inflate to its declared size")
-        decoder = _Decoder(body, 0, limits)
-    else:
-        decoder = _Decoder(payload, 1, limits)
-    try:
-        value = decoder.term(limits.max_depth)
-    except RecursionError:
-        raise DecodeError("term nests too deeply") from None
-    if decoder.pos != decoder.end:
-        raise DecodeError("trailing bytes after the term")
-    return value
+        return _decode_body(body, 0, limits)
+    return _decode_body(payload, 1, limits)
 
 
 # -- the message struct ------------------------------------------------------------------------
@@ -680,29 +719,141 @@ def to_term(message: Message) -> dict[Atom, Any]:
         raise EncodeError(f"message has an invalid enumerated value {exc.args[0]!r}") from None
 
 
+# The same map, written straight to bytes: the struct keys, modules and enumerated values
+# are fixed, so their encodings are computed once (encode() is byte-identical to
+# term_to_binary(to_term(message)); a test holds it to that).
+
+
+def _map_head(module: Atom, size: int) -> bytes:
+    return bytes((MAP_EXT,)) + _pack_uint32(size + 1) + _atom_bytes(STRUCT) + _atom_bytes(module)
+
+
+_KEY = {name: _atom_bytes(name) for name in _MESSAGE_KEYS}
+_MESSAGE_HEAD = _map_head(MESSAGE_MODULE, len(_MESSAGE_KEYS) - 1)
+_TRACE_HEAD = _map_head(TRACE_MODULE, 4)
+_TRACE_KEYS = tuple(_atom_bytes(k) for k in ("trace_id", "span_id", "flags", "tracestate"))
+_CLOCK_HEAD = _map_head(CLOCK_MODULE, 1) + _atom_bytes("entries")
+_RECORD_WRITERS = {
+    module: (
+        _map_head(module, len(names)),
+        tuple(
+            (
+                _atom_bytes(name),
+                {value: _atom_bytes(value) for value in _ENUMS[name]} if name in _ENUMS else None,
+                name in _SECURITY_BYTES,
+            )
+            for name in names
+        ),
+        operator.attrgetter(*names),
+    )
+    for module, names in (
+        (DELIVERY_MODULE, _DELIVERY_FIELDS),
+        (ROUTING_MODULE, _ROUTING_FIELDS),
+        (SECURITY_MODULE, _SECURITY_FIELDS),
+        (QOS_MODULE, _QOS_FIELDS),
+    )
+}
+
+
+def _write_record(module: Atom, record: Any, out: bytearray) -> None:
+    if record is None:
+        out += _NIL_BYTES
+        return
+    head, fields, values = _RECORD_WRITERS[module]
+    out += head
+    for (key, enum, plain_binary), value in zip(fields, values(record)):
+        out += key
+        if value is None:
+            out += _NIL_BYTES
+        elif enum is not None:
+            try:
+                out += enum[value]
+            except KeyError:
+                raise EncodeError(f"message has an invalid enumerated value {value!r}") from None
+        elif plain_binary:
+            out += _binary(value)
+        else:
+            _encode(value, out, 2)  # scalars, or a DateTime (a map holding a tuple)
+
+
+def _write_message(message: Message, out: bytearray, depth: int) -> None:
+    key = _KEY
+    depth -= 1
+    out += _MESSAGE_HEAD
+    for name, value in (
+        ("specversion", message.specversion),
+        ("id", message.id),
+        ("source", message.source),
+        ("type", message.type),
+        ("subject", message.subject),
+        ("time", message.time),
+        ("datacontenttype", message.datacontenttype),
+        ("dataschema", message.dataschema),
+        ("data", message.data),
+    ):
+        out += key[name]
+        _encode(value, out, depth)
+    trace = message.trace
+    out += key["phoenix_trace"]
+    if trace is None:
+        out += _NIL_BYTES
+    else:
+        out += _TRACE_HEAD
+        for field_key, value in zip(_TRACE_KEYS, (trace.trace_id, trace.span_id, trace.flags, trace.tracestate)):
+            out += field_key
+            _encode(value, out, 0)
+    out += key["phoenix_causality"]
+    if message.causality is None:
+        out += _NIL_BYTES
+    else:
+        out += _CLOCK_HEAD
+        _encode(dict(message.causality.entries), out, 1)
+    out += key["phoenix_delivery"]
+    _write_record(DELIVERY_MODULE, message.delivery, out)
+    out += key["phoenix_routing"]
+    _write_record(ROUTING_MODULE, message.routing, out)
+    out += key["phoenix_security"]
+    _write_record(SECURITY_MODULE, message.security, out)
+    out += key["phoenix_qos"]
+    _write_record(QOS_MODULE, message.qos, out)
+    out += key["extensions"]
+    _encode(dict(message.extensions), out, depth)
+
+
+UNDEFINED = Atom("undefined")
+
+
 def _absent(value: Any) -> bool:
-    return value is None or (type(value) is Atom and value == "undefined")
+    return value is None or (type(value) is Atom and value == UNDEFINED)
+
+
+_allowed_keys: dict[Atom, frozenset[str]] = {}
 
 
 def _struct(term: Any, module: Atom, names: tuple[Atom, ...], what: str) -> dict[str, Any] | None:
-    """The fields of an Elixir struct map (None for nil); unknown or non-atom keys are errors."""
-    if _absent(term):
+    """The fields of an Elixir struct map (None for nil); unknown or non-atom keys are errors.
+
+    Fields that are ``nil`` (or Erlang's ``undefined``) are left out, so they take their
+    defaults; ``data`` is kept whatever it is.
+    """
+    if term is None or (type(term) is Atom and term == UNDEFINED):
         return None
     if type(term) is not dict or term.get(STRUCT) != module:
         raise DecodeError(f"{what} must be a %{module.removeprefix('Elixir.')}{{}} struct or nil")
+    allowed = _allowed_keys.get(module)
+    if allowed is None:
+        allowed = _allowed_keys[module] = frozenset(str(name) for name in names) | {str(STRUCT)}
     fields: dict[str, Any] = {}
-    allowed = set(names)
     for key, value in term.items():
         if type(key) is not Atom:
             raise DecodeError(f"{what}: struct keys must be atoms")
-        if key == STRUCT:
-            continue
         if key not in allowed:
             raise DecodeError(f"{what}: unknown field {key!s}")
-        if key == "data":  # data is a term like any other: nil is None, undefined an atom
-            fields["data"] = value
-        elif not _absent(value):
-            fields[str(key)] = value
+        if value is not None and not (type(value) is Atom and value == UNDEFINED):
+            fields[key] = value
+        elif key == "data":  # data is a term like any other: nil is None
+            fields[key] = value
+    fields.pop(STRUCT)
     return fields
 
 
@@ -789,7 +940,12 @@ def encode(message: Message, *, compress_threshold: int | None = DEFAULT_THRESHO
     The design writes ``term_to_binary(message, [compressed])``; small messages gain
     nothing from zlib, so they go uncompressed (``None`` never compresses).
     """
-    payload = term_to_binary(to_term(message))
+    out = bytearray((VERSION,))
+    try:
+        _write_message(message, out, DEFAULT_LIMITS.max_depth)
+    except RecursionError:
+        raise EncodeError("term nests too deeply") from None
+    payload = bytes(out)
     if compress_threshold is not None and len(payload) > compress_threshold:
         packed = zlib.compress(memoryview(payload)[1:], 6)
         if len(packed) + 5 < len(payload) - 1:
@@ -800,6 +956,25 @@ def encode(message: Message, *, compress_threshold: int | None = DEFAULT_THRESHO
 def decode(payload: bytes, *, limits: ETFLimits = DEFAULT_LIMITS) -> Message:
     """The Message in an external term; :class:`DecodeError` for anything else."""
     return from_term(binary_to_term(payload, limits=limits))
+
+
+def _prefill_known_atoms() -> None:
+    names = {str(key) for key in _MESSAGE_KEYS} | {"calendar", "year", "month", "day", "hour", "minute", "second", "microsecond"}
+    names |= {"time_zone", "zone_abbr", "utc_offset", "std_offset", "trace_id", "span_id", "flags", "tracestate", "entries"}
+    names |= {str(m) for m in (MESSAGE_MODULE, TRACE_MODULE, CLOCK_MODULE, DELIVERY_MODULE, ROUTING_MODULE, SECURITY_MODULE, QOS_MODULE)}
+    names |= {str(DATETIME_MODULE), str(ISO_CALENDAR), str(BYTES_TAG), "undefined", "ok", "error"}
+    names |= {str(name) for fields in (_DELIVERY_FIELDS, _ROUTING_FIELDS, _SECURITY_FIELDS, _QOS_FIELDS) for name in fields}
+    names |= {value for values in _ENUMS.values() for value in values}
+    for name in sorted(names):
+        raw = name.encode("utf-8")
+        _known_atoms[raw] = Atom(name)
+        if name.isascii():  # OTP 25 and older write ASCII atoms as latin-1 ATOM_EXT
+            _known_atoms[b"\x00" + raw] = _known_atoms[raw]
+    for name, value in _SPECIAL_ATOMS.items():
+        _known_atoms[name.encode()] = _known_atoms[b"\x00" + name.encode()] = value
+
+
+_prefill_known_atoms()
 
 
 __all__ = [
