@@ -23,6 +23,8 @@ Ends with ``RESULT {json}``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import msgpack
 from _harness import parse_args, rate, report
@@ -48,13 +50,13 @@ def typical_message(i: int = 0) -> Message:
     )
 
 
-def plain_dict(message: Message) -> dict:
+def plain_dict(message: Message) -> dict[str, Any]:
     flat = {k: (format_time(v) if k in ("time", "phxauthtime") else v) for k, v in to_attributes(message).items()}
     flat["data"] = message.data
     return flat
 
 
-def over(items: list, fn) -> object:
+def over(items: list[Any], fn: Callable[[Any], object]) -> Callable[[], int]:
     """A ``rate`` body applying ``fn`` to every item of ``items`` (distinct messages, so no
     cache can serve a value that is unique per message in real traffic)."""
 
@@ -66,7 +68,7 @@ def over(items: list, fn) -> object:
     return run
 
 
-def interleaved(fns: list, *, seconds: float, rounds: int = 6) -> list[float]:
+def interleaved(fns: list[Callable[[], int]], *, seconds: float, rounds: int = 6) -> list[float]:
     """Best rate of each of ``fns``, measured in alternating slices so drift hits all alike."""
     best = [0.0] * len(fns)
     for _ in range(rounds):
