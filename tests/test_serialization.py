@@ -261,3 +261,10 @@ def test_auto_selection_round_trips_in_the_chosen_format() -> None:
         assert fmt == expected and ser.deserialize(payload, fmt) == message
     payload, fmt = ser.serialize(Message.new([1]), selector=ser.FormatSelector(debug=True))
     assert fmt == "json" and payload.startswith(b"{") and ser.deserialize(payload, "json").data == [1]
+
+
+@pytest.mark.parametrize("fmt", ser.FORMATS)
+@pytest.mark.parametrize("data", [object(), {"k": object()}, [1, {2, 3}]])
+def test_every_encoder_refuses_what_it_cannot_carry(fmt: str, data: object) -> None:
+    with pytest.raises(EncodeError):
+        ser.serialize(Message.new(data), fmt)

@@ -95,7 +95,6 @@ MAX_ATOM_CHARACTERS = 255
 """Erlang's own limit on the length of an atom."""
 
 _UTC = _dt.timezone.utc
-_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_UTC)
 
 
 class Atom(str):
