@@ -226,6 +226,14 @@ def test_invalid_events(event, reason) -> None:
         pb.decode(event.SerializeToString())
 
 
+def test_attribute_count_is_bounded() -> None:
+    event = pb.CloudEvent(id="x", source="/s", spec_version="1.0", type="t")
+    for i in range(300):
+        event.attributes[f"ext{i}"].ce_integer = i
+    with pytest.raises(DecodeError, match="more than 256 attributes"):
+        pb.decode(event.SerializeToString())
+
+
 def test_proto_data_is_refused_with_a_reason() -> None:
     event = pb.CloudEvent(id="x", source="/s", spec_version="1.0", type="t")
     event.proto_data.type_url = "type.googleapis.com/x.Y"

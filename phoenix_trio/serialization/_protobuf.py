@@ -44,7 +44,7 @@ from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, message_fa
 from .._errors import DecodeError, EncodeError
 from .._message import Message
 from . import _json
-from ._attributes import ATTRIBUTE_KINDS, from_attributes, to_attributes
+from ._attributes import ATTRIBUTE_KINDS, MAX_ATTRIBUTES, from_attributes, to_attributes
 from ._compression import DEFAULT_MAX_SIZE
 
 CONTENT_TYPE = "application/cloudevents+protobuf"
@@ -227,6 +227,8 @@ def from_proto(event: Any, *, max_size: int = DEFAULT_MAX_SIZE) -> Message:
         "source": event.source,
         "type": event.type,
     }
+    if len(event.attributes) > MAX_ATTRIBUTES:
+        raise DecodeError(f"more than {MAX_ATTRIBUTES} attributes")
     for name, value in event.attributes.items():
         if name in _EXPLICIT:
             raise DecodeError(f"attribute {name!r} must not be in the attributes map")
