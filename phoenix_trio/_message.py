@@ -185,6 +185,31 @@ class SecurityInfo:
     encryption_nonce: bytes | None = attrs.field(default=None, validator=_optional_bytes)
 
 
+def _no_empty_security(value: SecurityInfo | None) -> SecurityInfo | None:
+    """An all-empty SecurityInfo carries nothing: store it as None.
+
+    The CloudEvents attribute view (JSON, protobuf, HTTP headers) spreads the record over
+    optional attributes, so "a record with no fields" and "no record" look the same
+    there; normalising keeps every format's round trip exact.
+    """
+    if (
+        type(value) is SecurityInfo
+        and value.agent_id is None
+        and value.key_id is None
+        and value.timestamp is None
+        and value.nonce is None
+        and value.mac is None
+        and value.signature is None
+        and value.signature_key_id is None
+        and value.signature_alg is None
+        and value.encryption_alg is None
+        and value.encryption_key_id is None
+        and value.encryption_nonce is None
+    ):
+        return None
+    return value
+
+
 # -- the ambient node identity and clock ----------------------------------------------------
 
 _DEFAULT_NODE = re.sub(r"[^A-Za-z0-9._-]", "-", f"{socket.gethostname()}-{os.getpid()}")
@@ -248,7 +273,7 @@ class Message:
     causality: VectorClock | None = None
     delivery: DeliveryGuarantee | None = None
     routing: RoutingMetadata | None = None
-    security: SecurityInfo | None = None
+    security: SecurityInfo | None = attrs.field(default=None, converter=_no_empty_security)
     qos: QoSRequirements | None = None
     extensions: Mapping[str, Any] = EMPTY
     specversion: str = SPECVERSION

@@ -88,6 +88,9 @@ extension_names = st.text(alphabet=string.ascii_lowercase + string.digits, min_s
     lambda n: n not in RESERVED_ATTRIBUTES
 )
 extension_values = st.one_of(short_text, st.booleans(), st.integers(-(2**31), 2**31 - 1), st.binary(max_size=20), times)
+# What the CloudEvents JSON format can type without a schema: foreign Binary and Timestamp
+# extension values travel as strings there and come back as str.
+json_extension_values = st.one_of(short_text, st.booleans(), st.integers(-(2**31), 2**31 - 1))
 
 # Data every format can carry: JSON values (ints within 53 bits so JSON readers agree).
 json_data = st.recursive(
@@ -98,8 +101,10 @@ json_data = st.recursive(
 binary_data = st.binary(max_size=300)
 
 
-def messages(data=json_data | binary_data, *, extensions: bool = True) -> st.SearchStrategy[Message]:
-    """Arbitrary valid Messages (every field exercised)."""
+def messages(
+    data=json_data | binary_data, *, extensions: bool = True, extension_values=extension_values
+) -> st.SearchStrategy[Message]:
+    """Arbitrary valid Messages (every field exercised); ``extension_values`` types foreign extensions."""
     return st.builds(
         lambda data, **kw: Message(data=data, datacontenttype=("application/octet-stream" if isinstance(data, bytes) else "application/json"), **kw),
         data,

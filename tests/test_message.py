@@ -310,3 +310,10 @@ async def test_trace_context_follows_each_task() -> None:
     with px.use_trace(root):
         m = Message.new("x")
         assert m.trace.trace_id == root.trace_id and m.trace.span_id != root.span_id
+
+
+def test_an_empty_security_record_is_no_record() -> None:
+    # The flat CloudEvents attribute view cannot tell them apart, so Message does not either.
+    m = Message.new("x", security=px.SecurityInfo())
+    assert m.security is None and m == Message.new("x", id=m.id, time=m.time, trace=m.trace, causality=m.causality)
+    assert Message.new("x", security=px.SecurityInfo(agent_id="a")).security.agent_id == "a"

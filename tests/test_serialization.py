@@ -1,4 +1,4 @@
-"""Serialization: the msgpack format, format selection and bounded compression."""
+"""Serialization: the msgpack format, format selection, bounded compression, and what every format shares."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phoenix_trio import ConfigurationError, DecodeError, EncodeError, Message, validate_message
+from phoenix_trio import ConfigurationError, DecodeError, EncodeError, Message, SecurityInfo, validate_message
 from phoenix_trio import serialization as ser
 from phoenix_trio.serialization import _msgpack
 
-from .strategies import messages
+from .strategies import json_extension_values, messages
 
 
 @settings(max_examples=300)
@@ -71,6 +71,19 @@ def test_msgpack_layout_is_the_documented_array() -> None:
     assert obj[1:5] == [message.id, message.source, message.type, {"k": "v"}]
     assert obj[6] == message.time
     assert obj[12][1] == "planner"
+
+
+def test_msgpack_caches_never_skip_validation() -> None:
+    m = Message.new("x", target="t", correlation_id="c-1", security=SecurityInfo(agent_id="a", key_id="k"))
+    good = msgpack.unpackb(_msgpack.encode(m), timestamp=3)
+    assert _msgpack.from_array(good) == m  # now the routing prefix and the identity record are cached
+    for index, position, bad in [(12, 7, 42), (12, 7, ""), (13, 3, "not bytes"), (13, 2, 5), (13, 0, "")]:
+        obj = msgpack.unpackb(_msgpack.encode(m), timestamp=3)
+        obj[index][position] = bad
+        with pytest.raises(DecodeError):
+            _msgpack.from_array(obj)
+    again = _msgpack.from_array(good)
+    assert again == m and again.routing is not m.routing  # per-message correlation id: a fresh record
 
 
 def test_unrepresentable_data_is_an_encode_error() -> None:
@@ -149,3 +162,109 @@ def test_decompress_arbitrary_bytes(algorithm: str, payload: bytes) -> None:
     except DecodeError:
         return
     assert len(out) <= 10_000
+
+
+# -- every format --------------------------------------------------------------------------------
+
+# What each format round-trips exactly: JSON types foreign extensions by inference (Binary
+# and Timestamp values come back as strings); the other formats carry every type.
+FORMAT_MESSAGES = {
+    "msgpack": messages(),
+    "json": messages(extension_values=json_extension_values),
+    "protobuf": messages(),
+    "etf": messages(),
+}
+
+
+def test_every_format_is_registered() -> None:
+    assert sorted(ser.available_formats()) == sorted(ser.FORMATS) == sorted(FORMAT_MESSAGES)
+    assert ser.batch_formats() == ("json", "protobuf")
+    with pytest.raises(ConfigurationError, match="no batch form"):
+        ser.serialize_batch([Message.new("x")], "msgpack")
+    with pytest.raises(ConfigurationError, match="no batch form"):
+        ser.deserialize_batch(b"", "etf")
+
+
+@pytest.mark.parametrize("fmt", ser.FORMATS)
+@settings(max_examples=150)
+@given(data=st.data())
+def test_every_format_round_trips(fmt: str, data: st.DataObject) -> None:
+    message = data.draw(FORMAT_MESSAGES[fmt])
+    payload, used = ser.serialize(message, fmt)
+    assert used == fmt and isinstance(payload, bytes)
+    assert ser.deserialize(payload, fmt) == message
+    assert ser.deserialize(bytearray(payload), fmt) == message
+
+
+@settings(max_examples=150)
+@given(messages(extension_values=json_extension_values))
+def test_formats_agree(message: Message) -> None:
+    """Transcoding through every format in turn changes nothing."""
+    current = message
+    for fmt in ("json", "etf", "protobuf", "msgpack", "json"):
+        current = ser.deserialize(ser.serialize(current, fmt)[0], fmt)
+    assert current == message
+
+
+@pytest.mark.parametrize("fmt", ser.FORMATS)
+@settings(max_examples=300)
+@given(payload=st.binary(max_size=400))
+def test_every_decoder_on_arbitrary_bytes(fmt: str, payload: bytes) -> None:
+    try:
+        message = ser.deserialize(payload, fmt)
+    except DecodeError:
+        return
+    validate_message(message)
+
+
+@pytest.mark.parametrize("fmt", ser.FORMATS)
+@settings(max_examples=200)
+@given(data=st.data())
+def test_every_decoder_on_mutated_messages(fmt: str, data: st.DataObject) -> None:
+    payload = bytearray(ser.serialize(data.draw(FORMAT_MESSAGES[fmt]), fmt)[0])
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(payload) - 1))
+        payload[i] = data.draw(st.integers(0, 255))
+    try:
+        decoded = ser.deserialize(bytes(payload), fmt)
+    except DecodeError:
+        return
+    validate_message(decoded)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"[" * 1_000_000,
+        b"{" * 1_000_000,
+        b"\x83" + b"h\x01" * 500_000 + b"j",
+        b"\x91" * 1_000_000 + b"\xc0",
+        b"\x2a\xff\xff\xff\xff\x0f" + b"\x00" * 100,  # protobuf: a 4 GiB length prefix
+        b"\x0a" * 1_000_000,
+    ],
+)
+@pytest.mark.parametrize("fmt", ser.FORMATS)
+def test_hostile_payloads_are_rejected_cheaply(fmt: str, payload: bytes) -> None:
+    with pytest.raises(DecodeError):
+        ser.deserialize(payload, fmt)
+
+
+def test_auto_selection_round_trips_in_the_chosen_format() -> None:
+    selector = ser.FormatSelector(beam_targets={"beam"}, schema_evolution_types={"phoenix.agent.state.update"})
+    cases = {
+        "etf": Message.new({"k": (1, 2)}, target="beam"),
+        "protobuf": Message.new({"k": 1}, type="phoenix.agent.state.update"),
+        "msgpack": Message.new({"k": 1}, target="python"),
+    }
+    for expected, message in cases.items():
+        payload, fmt = ser.serialize(message, selector=selector)
+        assert fmt == expected and ser.deserialize(payload, fmt) == message
+    payload, fmt = ser.serialize(Message.new([1]), selector=ser.FormatSelector(debug=True))
+    assert fmt == "json" and payload.startswith(b"{") and ser.deserialize(payload, "json").data == [1]
+
+
+@pytest.mark.parametrize("fmt", ser.FORMATS)
+@pytest.mark.parametrize("data", [object(), {"k": object()}, [1, {2, 3}]])
+def test_every_encoder_refuses_what_it_cannot_carry(fmt: str, data: object) -> None:
+    with pytest.raises(EncodeError):
+        ser.serialize(Message.new(data), fmt)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+import threading
 import types
 from typing import Any
 
@@ -85,6 +86,7 @@ _valid_schemas = _BoundedCache(256)
 _delivery_cache = _BoundedCache(1024)
 _qos_cache = _BoundedCache(1024)
 _routing_cache = _BoundedCache(1024)
+_security_cache = _BoundedCache(1024)
 _trace_state_cache = _BoundedCache(256)
 
 
@@ -170,10 +172,23 @@ def _default(value: Any) -> Any:
     raise TypeError(f"cannot serialize {type(value).__name__}")
 
 
+_packers = threading.local()
+
+
+def _packer() -> msgpack.Packer:
+    """This thread's Packer: ``msgpack.packb`` builds a new one per call, which costs a
+    third of packing a message; a Packer resets its buffer after each pack, errors too."""
+    try:
+        return _packers.packer  # type: ignore[no-any-return]
+    except AttributeError:
+        _packers.packer = msgpack.Packer(use_bin_type=True, datetime=True, default=_default)
+        return _packers.packer  # type: ignore[no-any-return]
+
+
 def encode(message: Message) -> bytes:
     """The MessagePack bytes for ``message``; :class:`EncodeError` when data is not representable."""
     try:
-        return msgpack.packb(to_array(message), use_bin_type=True, datetime=True, default=_default)
+        return _packer().pack(to_array(message))  # type: ignore[no-any-return]
     except EncodeError:
         raise
     except (TypeError, ValueError, OverflowError) as exc:
@@ -260,26 +275,38 @@ def _decode_routing(value: Any) -> RoutingMetadata | None:
         return None
     if type(value) is not list or len(value) != 8:
         raise DecodeError("routing must be an 8-element array")
-    key = tuple(value)
+    # Everything but the correlation id repeats across a sender's messages: validate
+    # that part once (cached by value) and only the per-request correlation id each time.
+    correlation = value[7]
+    key = tuple(value[:7])
     try:
-        cached = _routing_cache.get(key)
+        shared = _routing_cache.get(key)
     except TypeError:
         raise DecodeError("routing holds unhashable values") from None
-    if cached is not None:
-        return cached
-    pattern, target, topic, priority, pipeline_id, ordering, fanout, correlation = value
+    if shared is None:
+        pattern, target, topic, priority, pipeline_id, ordering, fanout = key
+        shared = _routing_cache.remember(
+            key,
+            (
+                None if pattern is None else _enum(PATTERNS, pattern, "pattern"),
+                _str_or_none(target, "target"),
+                _str_or_none(topic, "topic"),
+                _enum(PRIORITIES, priority, "priority"),
+                _str_or_none(pipeline_id, "pipeline_id"),
+                _enum(ROUTE_ORDERINGS, ordering, "ordering"),
+                None if fanout is None else _enum(FANOUT_STRATEGIES, fanout, "fanout_strategy"),
+            ),
+        )
     record = object.__new__(RoutingMetadata)
     setattr_ = object.__setattr__
-    setattr_(record, "pattern", None if pattern is None else _enum(PATTERNS, pattern, "pattern"))
-    setattr_(record, "target", _str_or_none(target, "target"))
-    setattr_(record, "topic", _str_or_none(topic, "topic"))
-    setattr_(record, "priority", _enum(PRIORITIES, priority, "priority"))
-    setattr_(record, "pipeline_id", _str_or_none(pipeline_id, "pipeline_id"))
-    setattr_(record, "ordering", _enum(ROUTE_ORDERINGS, ordering, "ordering"))
-    setattr_(record, "fanout_strategy", None if fanout is None else _enum(FANOUT_STRATEGIES, fanout, "fanout_strategy"))
+    setattr_(record, "pattern", shared[0])
+    setattr_(record, "target", shared[1])
+    setattr_(record, "topic", shared[2])
+    setattr_(record, "priority", shared[3])
+    setattr_(record, "pipeline_id", shared[4])
+    setattr_(record, "ordering", shared[5])
+    setattr_(record, "fanout_strategy", shared[6])
     setattr_(record, "correlation_id", _str_or_none(correlation, "correlation_id"))
-    if correlation is None:  # per-request routing is unique: only cache the shared kind
-        _routing_cache.remember(key, record)
     return record
 
 
@@ -288,10 +315,23 @@ def _decode_security(value: Any) -> SecurityInfo | None:
         return None
     if type(value) is not list or len(value) != 11:
         raise DecodeError("security must be an 11-element array")
+    agent_id, key_id, timestamp, nonce, mac, signature, sig_key, sig_alg, enc_alg, enc_key, enc_nonce = value
+    # A sender's identity-only record (no timestamp, nonce, MAC or signature) repeats on
+    # every message it sends: validate it once. Per-message fields are never cached.
+    per_message = not (timestamp is None and nonce is None and mac is None and signature is None and enc_nonce is None)
+    if not per_message:
+        key = (agent_id, key_id, sig_key, sig_alg, enc_alg, enc_key)
+        try:
+            cached = _security_cache.get(key)
+        except TypeError:
+            raise DecodeError("security holds unhashable values") from None
+        if cached is not None:
+            return cached
     try:
-        return SecurityInfo(*value)
+        record = SecurityInfo(*value)
     except ValidationError as exc:
         raise DecodeError(f"security: {exc}") from None
+    return record if per_message else _security_cache.remember(key, record)
 
 
 def _decode_qos(value: Any) -> QoSRequirements | None:
