@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ._errors import Backpressure, EncodeError, NodeUnreachable, ProtocolError, RemoteProtocolError
-from ._message import Message
 from ._peer_protocol import Hello, PeerProtocol, State
 
 if TYPE_CHECKING:
@@ -49,8 +48,8 @@ class Connection:
         self.closed = False
         self.close_reason = ""
         self.max_pending = node.config.max_pending
-        self._pending: list[Message] = []
-        self._pending_flags: list[int] = []
+        # Entries: (message, flags) or (template, data, subject, trace parent, correlation id, flags).
+        self._pending: list[tuple[Any, ...]] = []
         self._control: list[bytes] = []
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._space_lot = trio.lowlevel.ParkingLot()
@@ -173,13 +172,13 @@ class Connection:
                     continue
             chunks = self._control
             self._control = []
-            messages, flags = self._pending, self._pending_flags
-            self._pending, self._pending_flags = [], []
+            entries = self._pending
+            self._pending = []
             if self._space_lot:
                 self._space_lot.unpark_all()
-            if messages:
-                chunks.append(self._encode(messages, flags))
-                self.messages_sent += len(messages)
+            if entries:
+                chunks.append(self._encode(entries))
+                self.messages_sent += len(entries)
             data = b"".join(chunks)
             self.bytes_written += len(data)
             self.frames_written += len(chunks)
@@ -191,36 +190,36 @@ class Connection:
             if self._drain_lot and not self._pending and not self._control:
                 self._drain_lot.unpark_all()
 
-    def _encode(self, messages: list[Message], flags: list[int]) -> bytes:
+    def _encode(self, entries: list[tuple[Any, ...]]) -> bytes:
+        stamper = self.node._stamp
         try:
-            return self.protocol.messages(messages, flags)
+            return self.protocol.messages(entries, stamper)
         except EncodeError:
             # Some message's data cannot be encoded: send the others, report the bad ones.
             parts = []
-            for message, flag in zip(messages, flags):
+            for entry in entries:
                 try:
-                    parts.append(self.protocol.messages([message], [flag]))
+                    parts.append(self.protocol.messages([entry], stamper))
                 except EncodeError as exc:
-                    self.node._encode_failed(message, exc)
+                    self.node._encode_failed(entry, exc)
             return b"".join(parts)
 
     # -- used by the node -------------------------------------------------------------
 
-    def try_enqueue(self, message: Message, flags: int) -> bool:
-        """Queue ``message`` for the writer; False when the pending list is full."""
+    def try_enqueue(self, entry: tuple[Any, ...]) -> bool:
+        """Queue an entry for the writer; False when the pending list is full."""
         if self.closed:
             raise NodeUnreachable(self.peer.node_id if self.peer else "?", self.close_reason or "connection closed")
         if len(self._pending) >= self.max_pending:
             return False
-        self._pending.append(message)
-        self._pending_flags.append(flags)
+        self._pending.append(entry)
         if self._writer_lot:
             self._writer_lot.unpark_all()
         return True
 
-    async def enqueue(self, message: Message, flags: int, *, wait: bool = True) -> None:
-        """Queue ``message``, waiting while the pending list is full (unless ``wait`` is False)."""
-        while not self.try_enqueue(message, flags):
+    async def enqueue(self, entry: tuple[Any, ...], *, wait: bool = True) -> None:
+        """Queue an entry, waiting while the pending list is full (unless ``wait`` is False)."""
+        while not self.try_enqueue(entry):
             if not wait:
                 raise Backpressure(self.peer_id, f"{len(self._pending)} messages already pending for node {self.peer_id!r}")
             await self._space_lot.park()
@@ -236,11 +235,10 @@ class Connection:
     def pending(self) -> int:
         return len(self._pending)
 
-    def take_pending(self) -> tuple[list[Message], list[int]]:
-        """Hand over unsent messages (to a connection replacing this one)."""
-        messages, flags = self._pending, self._pending_flags
-        self._pending, self._pending_flags = [], []
-        return messages, flags
+    def take_pending(self) -> list[tuple[Any, ...]]:
+        """Hand over unsent entries (to a connection replacing this one)."""
+        entries, self._pending = self._pending, []
+        return entries
 
     async def goodbye_now(self, reason: str, timeout: float = 0.5) -> None:
         """Write a GOODBYE directly (only when the writer task is not running)."""

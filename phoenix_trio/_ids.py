@@ -51,6 +51,31 @@ def new_id() -> str:
     return f"{prefix}{seq >> 14:03x}-{0x8000 | (seq & 0x3FFF):04x}-{_node_hex}"
 
 
+def reserve(count: int) -> tuple[int, int, str]:
+    """Reserve ``count`` consecutive ids at once: ``format_id(ms, first + i, node)`` for i < count.
+
+    Batches stamp their messages this way (one lock, no formatting until an id is read).
+    ``count`` must be below 2**26.
+    """
+    global _last_ms, _seq, _prefix
+    with _lock:
+        ms = time.time_ns() // 1_000_000
+        if ms > _last_ms:
+            _last_ms, _seq = ms, -1
+        if _seq + count >= _SEQ_LIMIT:  # not enough room left in this millisecond
+            _last_ms += 1
+            _seq = -1
+        first = _seq + 1
+        _seq += count
+        _prefix = f"{_last_ms >> 16:08x}-{_last_ms & 0xFFFF:04x}-7"
+        return _last_ms, first, _node_hex
+
+
+def format_id(ms: int, seq: int, node_hex: str) -> str:
+    """The UUIDv7 string for a reserved (millisecond, sequence, node) triple."""
+    return f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-7{seq >> 14:03x}-{0x8000 | (seq & 0x3FFF):04x}-{node_hex}"
+
+
 def id_time_ms(uuid7: str) -> int:
     """The creation time (Unix milliseconds) encoded in a :func:`new_id` string."""
     return int(uuid7[:8] + uuid7[9:13], 16)

@@ -142,13 +142,19 @@ class Inbox:
         self._delivered += 1
         if self._producers and len(self._queue) <= self.capacity // 2:
             self._producers.unpark_all()
-        _current_trace.set(message.trace)
+        _current_trace.set(message)  # the trace is resolved only if the consumer sends
         return message
 
     def __aiter__(self) -> Inbox:
         return self
 
     async def __anext__(self) -> Message:
+        # The common case inline (one coroutine frame per message, not two).
+        if self._queue and self._since_yield < YIELD_EVERY - 1:
+            self._since_yield += 1
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if self._queue:
+                return self._take()
         try:
             return await self.receive()
         except trio.EndOfChannel:

@@ -52,7 +52,34 @@ PATTERNS = (
 )
 ROUTE_ORDERINGS = ("none", "sequential", "causal", "total")
 FANOUT_STRATEGIES = ("immediate", "batched")
-EMPTY: Mapping[str, Any] = types.MappingProxyType({})
+class Extensions(Mapping[str, Any]):
+    """A read-only mapping of extra CloudEvents extension attributes (picklable, unlike mappingproxy)."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+        object.__setattr__(self, "_data", dict(data) if data else {})
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Any:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Extensions are read-only")
+
+    def __repr__(self) -> str:
+        return repr(self._data)
+
+    def __reduce__(self) -> Any:
+        return (Extensions, (self._data,))
+
+
+EMPTY: Mapping[str, Any] = Extensions()
 UTC = _dt.timezone.utc
 
 
@@ -347,7 +374,7 @@ class Message:
             routing=routing,
             security=security,
             qos=qos,
-            extensions=types.MappingProxyType(dict(extensions)) if extensions else EMPTY,
+            extensions=Extensions(extensions) if extensions else EMPTY,
         )
         validate_message(message)
         return message

@@ -46,6 +46,7 @@ from ._errors import (
     RequestTimeout,
 )
 from ._ids import new_id
+from ._ids import reserve as reserve_ids
 from ._inbox import Inbox
 from ._membership import Connect, Disconnect, MemberEvent, MemberInfo, Membership, MembershipConfig
 from ._message import (
@@ -62,7 +63,9 @@ from ._message import (
 )
 from ._peer_protocol import (
     FLAG_ACK,
+    FLAG_REPLY,
     FLAG_REQUEST,
+    SendTemplate,
     Acks,
     AgentUpdate,
     Agents,
@@ -77,7 +80,8 @@ from ._peer_protocol import (
 )
 from ._taxonomy import message_characteristics, validate_type
 from ._trace import _current as _current_trace
-from ._trace import next_hop_trace
+from ._trace import _resolve as _resolve_trace
+from ._trace import next_hop_trace, random_bases
 from ._vclock import LocalClock
 from .effects import SetTimer
 
@@ -91,6 +95,21 @@ UTC = _dt.timezone.utc
 SEND_YIELD_EVERY = 128
 
 Address = tuple[str, int]
+
+
+_WIRE_TYPES = frozenset({bytes, str, int, float, bool, type(None), dict, list, tuple})
+
+
+def _check_encodable(data: Any) -> None:
+    """Refuse, at send time, data whose top-level type MessagePack cannot carry.
+
+    Batched messages are encoded later by the connection's writer; checking the top
+    level here catches the common mistake while the caller can still see the error.
+    Nested values that cannot be encoded are dropped at encoding time (logged, counted
+    in ``node.stats["encode_failures"]``).
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview, str, int, float, dict, list, tuple)) and data is not None:
+        raise EncodeError(f"cannot send {type(data).__name__}: message data must be MessagePack-encodable")
 
 
 def parse_address(value: str | Address | None, *, default_host: str = "127.0.0.1") -> Address | None:
@@ -162,16 +181,6 @@ class _PendingAcks:
 
 
 @attrs.frozen(slots=True)
-class _SendTemplate:
-    source: str
-    type: str
-    datacontenttype: str
-    delivery: DeliveryGuarantee
-    routing: RoutingMetadata
-    qos: QoSRequirements
-
-
-@attrs.frozen(slots=True)
 class MemberView:
     node_id: str
     address: Address
@@ -238,7 +247,8 @@ class Node:
         self._pending_requests: dict[str, _PendingRequest] = {}
         self._pending_acks: dict[str, _PendingAcks] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
-        self._send_templates: dict[tuple[Any, ...], _SendTemplate] = {}
+        self._send_templates: dict[tuple[Any, ...], SendTemplate] = {}
+        self._routes: dict[str, tuple[str, str | None]] = {}
         self._responders: dict[str, Callable[..., Any]] = {}
         self._watchers: set[trio.MemorySendChannel[MemberEvent]] = set()
         self._changed = trio.Event()
@@ -323,7 +333,9 @@ class Node:
 
     # -- sending ------------------------------------------------------------------------
 
-    def _template(self, type_: str, source: str | None, target: str, delivery: Any, priority: str | None, pattern: str, binary: bool) -> _SendTemplate:
+    def _template(
+        self, type_: str, source: str | None, target: str, delivery: Any, priority: str | None, pattern: str, binary: bool
+    ) -> SendTemplate:
         key = (type_, source, target, delivery, priority, pattern, binary)
         template = self._send_templates.get(key)
         if template is not None:
@@ -337,7 +349,7 @@ class Node:
         else:
             guarantee = DeliveryGuarantee.build(delivery, ordering=traits.ordering)
         routing = RoutingMetadata(pattern=pattern, target=target, priority=priority or traits.priority)
-        template = _SendTemplate(
+        template = SendTemplate(
             source or self.uri,
             type_,
             "application/octet-stream" if binary else "application/json",
@@ -350,30 +362,18 @@ class Node:
         self._send_templates[key] = template
         return template
 
-    def _build(
-        self,
-        target: str,
-        data: Any,
-        *,
-        type: str,
-        source: str | None,
-        delivery: Any,
-        priority: str | None,
-        pattern: str,
-        correlation_id: str | None = None,
-        subject: str | None = None,
-    ) -> Message:
-        t = self._template(type, source, target, delivery, priority, pattern, data.__class__ is bytes)
+    def _build(self, t: SendTemplate, data: Any, subject: str, correlation_id: str | None) -> Message:
+        """A complete Message, stamped now (for agents on this node)."""
         routing = t.routing
         if correlation_id is not None:
             routing = attrs.evolve(routing, correlation_id=correlation_id)
-        current = _current_trace.get()
+        current = _resolve_trace(_current_trace.get())
         return Message(
             new_id(),
             t.source,
             t.type,
             data,
-            subject or target,
+            subject,
             _dt.datetime.now(UTC),
             t.datacontenttype,
             None,
@@ -386,6 +386,13 @@ class Node:
             EMPTY,
             SPECVERSION,
         )
+
+    def _stamp(self, count: int) -> list[Any]:
+        """Stamp fields for a batch of ``count`` messages leaving this node (see _wire_message)."""
+        ms, first_seq, node_hex = reserve_ids(count)
+        others, first = self.clock.tick_many(count)
+        span_base, trace_base = random_bases()
+        return [ms, first_seq, node_hex, _dt.datetime.now(UTC), self.id, others, first, span_base, trace_base.to_bytes(16, "big")]
 
     async def send(
         self,
@@ -407,11 +414,11 @@ class Node:
         :class:`~phoenix_trio.CircuitOpen`. A cancellation point; yields to the scheduler
         at least every few hundred calls.
         """
+        if data.__class__ not in _WIRE_TYPES:
+            _check_encodable(data)
         agent_id, node = self._route(target)
-        message = self._build(
-            agent_id, data, type=type, source=source, delivery=delivery, priority=priority, pattern="point_to_point"
-        )
-        await self._dispatch(agent_id, node, message, 0, wait)
+        template = self._template(type, source, agent_id, delivery, priority, "point_to_point", data.__class__ is bytes)
+        await self._deliver(agent_id, node, template, data, None, 0, wait)
 
     async def send_message(self, target: str, message: Message, *, wait: bool = True) -> None:
         """Send a Message built by the caller (validated first) to ``target``."""
@@ -419,10 +426,13 @@ class Node:
         agent_id, node = self._route(target)
         if message.subject != agent_id:
             message = message.evolve(subject=agent_id)
-        await self._dispatch(agent_id, node, message, 0, wait)
+        await self._deliver_message(agent_id, node, message, 0, wait)
 
     def _route(self, target: str) -> tuple[str, str | None]:
         """(agent id, node id or None for local) for an agent or group ``target``."""
+        route = self._routes.get(target)
+        if route is not None:
+            return route
         if target in self._inboxes:
             return target, None
         now = trio.current_time()
@@ -432,6 +442,10 @@ class Node:
             breaker.release_probe()
         try:
             location = self.directory.locate(target, now)
+            if breaker is None:  # cache plain agent routes until the directory changes
+                if len(self._routes) >= 10_000:
+                    self._routes.clear()
+                self._routes[target] = (target, location.node)
             return target, location.node
         except AgentNotFound:
             members = self.directory.group_members(target)
@@ -440,7 +454,34 @@ class Node:
             chosen = self.balancer.choose(members)
             return chosen, self.directory.locate(chosen, now).node
 
-    async def _dispatch(self, agent_id: str, node: str | None, message: Message, flags: int, wait: bool) -> None:
+    async def _deliver(
+        self,
+        agent_id: str,
+        node: str | None,
+        template: SendTemplate,
+        data: Any,
+        correlation_id: str | None,
+        flags: int,
+        wait: bool,
+        responder: Callable[..., Any] | None = None,
+    ) -> None:
+        """Hand one message to the right transport: built here for local agents, batched for remote ones."""
+        if node is None:
+            message = self._build(template, data, agent_id, correlation_id)
+            if responder is not None:
+                object.__setattr__(message, "_responder", responder)
+            await self._deliver_message(agent_id, None, message, flags, wait)
+            return
+        self.stats["sent"] += 1
+        connection = self._connections.get(node)
+        if connection is None or connection.closed:
+            raise NodeUnreachable(node, "not connected")
+        entry = (template, data, agent_id, _current_trace.get(), correlation_id, flags)
+        if not connection.try_enqueue(entry):
+            await connection.enqueue(entry, wait=wait)
+        await self._after_send()
+
+    async def _deliver_message(self, agent_id: str, node: str | None, message: Message, flags: int, wait: bool) -> None:
         self.stats["sent"] += 1
         if node is None:
             inbox = self._inboxes.get(agent_id)
@@ -457,8 +498,13 @@ class Node:
             connection = self._connections.get(node)
             if connection is None or connection.closed:
                 raise NodeUnreachable(node, "not connected")
-            if not connection.try_enqueue(message, flags):
-                await connection.enqueue(message, flags, wait=wait)
+            entry = (message, flags)
+            if not connection.try_enqueue(entry):
+                await connection.enqueue(entry, wait=wait)
+        await self._after_send()
+
+    async def _after_send(self) -> None:
+        """Every send is a cancellation point; every few hundred, a full checkpoint."""
         self._sends_since_yield += 1
         if self._sends_since_yield >= SEND_YIELD_EVERY:
             self._sends_since_yield = 0
@@ -489,18 +535,7 @@ class Node:
         timeout = self.config.request_timeout if timeout is None else timeout
         agent_id, node = self._route(target)
         correlation_id = new_id()
-        message = self._build(
-            agent_id,
-            data,
-            type=type,
-            source=source,
-            delivery=delivery,
-            priority=priority,
-            pattern="request_response",
-            correlation_id=correlation_id,
-        )
-        if node is None:
-            object.__setattr__(message, "_responder", self._local_reply)
+        template = self._template(type, source, agent_id, delivery, priority, "request_response", data.__class__ is bytes)
         pending = _PendingRequest(agent_id, node)
         self._pending_requests[correlation_id] = pending
         breaker = self._breaker(agent_id)
@@ -509,7 +544,7 @@ class Node:
         stats.started()
         try:
             with trio.move_on_after(timeout) as scope:
-                await self._dispatch(agent_id, node, message, FLAG_REQUEST, True)
+                await self._deliver(agent_id, node, template, data, correlation_id, FLAG_REQUEST, True, self._local_reply)
                 await pending.event.wait()
         except BaseException:
             stats.finished(None)
@@ -537,6 +572,7 @@ class Node:
             if len(self._breakers) >= 10_000:
                 self._breakers.clear()
             breaker = self._breakers[target] = CircuitBreaker(target, self.config.breaker)
+            self._routes.pop(target, None)
         return breaker
 
     def breaker_state(self, target: str) -> str:
@@ -544,24 +580,20 @@ class Node:
         breaker = self._breakers.get(target)
         return "closed" if breaker is None else breaker.state(trio.current_time())
 
-    def _reply_message(self, request: Message, data: Any, options: dict[str, Any]) -> Message:
-        correlation_id = request.correlation_id
-        replier = request.subject or "?"
-        reply = self._build(
+    def _reply_template(self, request: Message, data: Any, options: dict[str, Any]) -> SendTemplate:
+        return self._template(
+            options.get("type", REPLY_TYPE),
+            node_uri(self.id, request.subject or "?"),
             request.source,
-            data,
-            type=options.get("type", REPLY_TYPE),
-            source=node_uri(self.id, replier),
-            delivery=options.get("delivery"),
-            priority=options.get("priority"),
-            pattern="request_response",
-            correlation_id=correlation_id,
-            subject=request.source,
+            options.get("delivery"),
+            options.get("priority"),
+            "request_response",
+            data.__class__ is bytes,
         )
-        return reply
 
     async def _local_reply(self, request: Message, data: Any, options: dict[str, Any]) -> None:
-        self._resolve_reply(self._reply_message(request, data, options))
+        template = self._reply_template(request, data, options)
+        self._resolve_reply(self._build(template, data, request.source, request.correlation_id))
         await trio.lowlevel.checkpoint()
 
     def _remote_responder(self, node_id: str) -> Callable[..., Any]:
@@ -569,11 +601,12 @@ class Node:
         if responder is None:
 
             async def responder(request: Message, data: Any, options: dict[str, Any]) -> None:
-                reply = self._reply_message(request, data, options)
+                template = self._reply_template(request, data, options)
                 connection = self._connections.get(node_id)
                 if connection is None or connection.closed:
                     raise NodeUnreachable(node_id, "requester's node is gone")
-                await connection.enqueue(reply, 0)
+                entry = (template, data, request.source, _current_trace.get(), request.correlation_id, FLAG_REPLY)
+                await connection.enqueue(entry)
 
             self._responders[node_id] = responder
         return responder
@@ -616,17 +649,8 @@ class Node:
                 for target in dict.fromkeys(targets):
                     try:
                         agent_id, node = self._route(target)
-                        message = self._build(
-                            agent_id,
-                            data,
-                            type=type,
-                            source=source,
-                            delivery=None,
-                            priority=None,
-                            pattern="broadcast",
-                            correlation_id=correlation_id,
-                        )
-                        await self._dispatch(agent_id, node, message, FLAG_ACK if waiter else 0, True)
+                        template = self._template(type, source, agent_id, None, None, "broadcast", data.__class__ is bytes)
+                        await self._deliver(agent_id, node, template, data, correlation_id, FLAG_ACK if waiter else 0, True)
                         sent.add(target)
                     except (AgentNotFound, NodeUnreachable, Backpressure) as exc:
                         failed[target] = exc
@@ -695,6 +719,7 @@ class Node:
         await self.wait_for(lambda: len(self._connections) >= count, timeout=timeout)
 
     def _notify_changed(self) -> None:
+        self._routes.clear()
         self._changed.set()
         self._changed = trio.Event()
 
@@ -818,10 +843,10 @@ class Node:
                 preferred = min(self.id, hello.node_id)
                 if existing.initiator == preferred or connection.initiator != preferred:
                     return False  # keep the one opened by the smaller node id
-            messages, flags = existing.take_pending()
+            entries = existing.take_pending()
             existing.close("replaced by a newer connection")
-            for message, flag in zip(messages, flags):
-                connection.try_enqueue(message, flag)
+            for entry in entries:
+                connection.try_enqueue(entry)
         self._connections[hello.node_id] = connection
         now = trio.current_time()
         self._apply(self._membership.connected(MemberInfo(hello.node_id, (hello.host, hello.port), hello.incarnation), now, via))
@@ -856,9 +881,10 @@ class Node:
         for connection in self._connections.values():
             connection.send_control(connection.protocol.agents(False, updates))
 
-    def _encode_failed(self, message: Message, error: EncodeError) -> None:
+    def _encode_failed(self, entry: tuple[Any, ...], error: EncodeError) -> None:
         self.stats["encode_failures"] += 1
-        log.error("dropped message %s to %s: %s", message.id, message.subject, error)
+        subject = entry[2] if len(entry) == 6 else entry[0].subject
+        log.error("dropped a message to %s: %s", subject, error)
 
     # -- events from peers ------------------------------------------------------------------
 
@@ -918,7 +944,7 @@ class Node:
         responder = None
         for i, message in enumerate(batch.messages):
             flags = flags_list[i]
-            if message.type == REPLY_TYPE:
+            if flags & FLAG_REPLY:
                 self._resolve_reply(message)
                 continue
             target = message.subject

@@ -25,8 +25,18 @@ Frames (the C core's format, CRC32C checked) travel on two channels:
   * ``[2, flags, layout1]``: a message in the full MessagePack layout (used when it
     carries per-message security fields).
 
+  * ``[5, ms, first_seq, node_hex, time, clock_node, clock_others, clock_first, span_base, trace_base]``
+    (``trace_base``: 16 bytes, big-endian)
+    stamps the batched messages that follow it in the frame (see
+    :mod:`phoenix_trio._wire_message`): the i-th gets id number ``first_seq + i``, the
+    frame's time, clock ``clock_others + {clock_node: clock_first + i}`` and span id
+    ``span_base + i``.
+  * ``[4, index, subject, data, parent, correlation_id, flags]``: a batched message
+    (what ``node.send`` produces); ``parent`` is ``[trace_id, flags, tracestate]`` of
+    the trace it continues, or nil for a new trace (id ``trace_base + i``).
+
   ``flags`` bit 0 asks for an acknowledgement once the message is in the agent's
-  inbox; bit 1 marks a request waiting for a reply.
+  inbox; bit 1 marks a request waiting for a reply; bit 2 marks a reply.
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ import msgpack
 from . import core
 from ._errors import DecodeError, EncodeError, RemoteProtocolError
 from ._message import (
+    EMPTY,
     FANOUT_STRATEGIES,
     PATTERNS,
     RETRY_STRATEGIES,
@@ -54,8 +65,9 @@ from ._message import (
     RoutingMetadata,
 )
 from ._taxonomy import CONSISTENCIES, DELIVERY_MODES, ORDERINGS, PRIORITIES
-from ._trace import TraceContext
-from ._vclock import decode_clock
+from ._trace import TraceContext, _resolve as _resolve_trace
+from ._wire_message import Stamp, wire_message
+from ._vclock import MAX_COUNTER, decode_clock
 from .serialization import _msgpack
 
 PROTOCOL_VERSION = 1
@@ -69,8 +81,12 @@ COMPRESS_THRESHOLD = 64 * 1024
 
 FLAG_ACK = 0x01
 FLAG_REQUEST = 0x02
+FLAG_REPLY = 0x04
 
 _NODE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_NODE_HEX_RE = re.compile(r"[0-9a-f]{12}")
+_TRACE_ID_RE = re.compile(r"[0-9a-f]{32}")
+_SEQ_LIMIT = 1 << 26
 
 
 class Tag(enum.IntEnum):
@@ -189,6 +205,20 @@ def node_id_ok(node_id: str) -> bool:
     return type(node_id) is str and _NODE_ID_RE.fullmatch(node_id) is not None
 
 
+@attrs.frozen(slots=True, eq=False)
+class SendTemplate:
+    """The envelope fields that repeat between messages a node sends (shared, never copied)."""
+
+    source: str
+    type: str
+    datacontenttype: str
+    delivery: DeliveryGuarantee
+    routing: RoutingMetadata
+    qos: QoSRequirements
+    dataschema: None = None
+    extensions: Any = attrs.field(factory=lambda: EMPTY)
+
+
 @attrs.define(slots=True)
 class _Template:
     source: str
@@ -247,7 +277,23 @@ class _EncoderTemplates:
         # identity key (objects kept alive by the entry) -> (index, value key)
         self._by_identity: OrderedDict[tuple[Any, ...], tuple[int, tuple[Any, ...], tuple[Any, ...]]] = OrderedDict()
         self._by_value: OrderedDict[tuple[Any, ...], int] = OrderedDict()
+        self._value_of_index: dict[int, tuple[Any, ...]] = {}
+        self._by_send_template: dict[SendTemplate, tuple[int, tuple[Any, ...]]] = {}
         self._free = list(range(MAX_TEMPLATES - 1, -1, -1))
+
+    def index_for_template(self, t: SendTemplate, out: list[Any]) -> int:
+        """Fast path for a node's shared send templates (hashed by identity)."""
+        hit = self._by_send_template.get(t)
+        if hit is not None:
+            index, value = hit
+            self._by_value.move_to_end(value)
+            return index
+        index = self.index_for(t, out)  # type: ignore[arg-type]
+        value = self._value_of_index[index]
+        if len(self._by_send_template) >= MAX_TEMPLATES:
+            self._by_send_template.clear()
+        self._by_send_template[t] = (index, value)
+        return index
 
     def index_for(self, m: Message, out: list[Any]) -> int:
         routing = m.routing
@@ -288,7 +334,11 @@ class _EncoderTemplates:
             stale = [k for k, v in self._by_identity.items() if v[1] == old_value]
             for key in stale:
                 del self._by_identity[key]
+            gone = [t for t, (_, v) in self._by_send_template.items() if v == old_value]
+            for template in gone:
+                del self._by_send_template[template]
         self._by_value[value] = index
+        self._value_of_index[index] = value
         d = m.delivery
         q = m.qos
         out.append(
@@ -336,6 +386,7 @@ class PeerProtocol:
         self._templates_out = _EncoderTemplates()
         self._templates_in: list[_Template | None] = [None] * MAX_TEMPLATES
         self._compress = False
+        self._valid_trace_ids: set[str] = set()
         self.frames_received = 0
         self.messages_received = 0
 
@@ -370,20 +421,32 @@ class PeerProtocol:
     def _control(self, message: list[Any]) -> bytes:
         return core.encode_frame(msgpack.packb(message), channel=CONTROL_CHANNEL, flags=core.FLAG_CONTROL)
 
-    def messages(self, messages: list[Message], flags: list[int] | None = None) -> bytes:
-        """Frames carrying ``messages`` (compact form wherever possible)."""
+    def messages(self, entries: list[tuple[Any, ...]], stamper: Any = None) -> bytes:
+        """Frames carrying ``entries``: ``(message, flags)`` for a built Message, or
+        ``(template, data, subject, trace_parent, correlation_id, flags)`` for a message
+        stamped here, per frame, by ``stamper(count) -> Stamp fields``."""
         out: list[bytes] = []
-        for start in range(0, len(messages), MAX_BATCH):
-            chunk = messages[start : start + MAX_BATCH]
-            chunk_flags = flags[start : start + MAX_BATCH] if flags is not None else None
-            out.append(self._data_frame(chunk, chunk_flags))
+        for start in range(0, len(entries), MAX_BATCH):
+            out.append(self._data_frame(entries[start : start + MAX_BATCH], stamper))
         return b"".join(out)
 
-    def _data_frame(self, messages: list[Message], flags: list[int] | None) -> bytes:
+    def _data_frame(self, entries: list[tuple[Any, ...]], stamper: Any) -> bytes:
         items: list[Any] = []
         templates = self._templates_out
-        for i, m in enumerate(messages):
-            f = flags[i] if flags is not None else 0
+        batched = 0
+        last_parent: Any = None
+        last_parent_item: Any = None
+        for entry in entries:
+            if len(entry) == 6:
+                template, data, subject, parent, correlation_id, f = entry
+                if parent is not last_parent:  # consecutive sends usually share the parent
+                    last_parent = parent
+                    resolved = _resolve_trace(parent)
+                    last_parent_item = None if resolved is None else [resolved.trace_id, resolved.flags, resolved.tracestate]
+                items.append([4, templates.index_for_template(template, items), subject, data, last_parent_item, correlation_id, f])
+                batched += 1
+                continue
+            m, f = entry
             if m.security is not None or m.specversion != SPECVERSION:
                 items.append([2, f, _msgpack.to_array(m)])
                 continue
@@ -404,21 +467,23 @@ class PeerProtocol:
                     f,
                 ]
             )
+        if batched:
+            if stamper is None:
+                raise EncodeError("batched messages need a stamper")
+            items.insert(0, [5, *stamper(batched)])
         try:
             payload = msgpack.packb(items, use_bin_type=True, datetime=True, default=_default)
         except (TypeError, ValueError, OverflowError) as exc:
             raise EncodeError(f"cannot encode message data: {exc}") from None
         if len(payload) > self.max_frame:  # checked before compression: the receiver bounds inflation by it
-            if len(messages) == 1:
+            if len(entries) == 1:
                 raise EncodeError(f"message of {len(payload)} bytes exceeds the {self.max_frame}-byte frame limit")
-            half = len(messages) // 2
+            half = len(entries) // 2
             # This attempt registered templates whose definitions will never be sent:
             # start a fresh table so the halves define again whatever they use (the
             # receiver simply overwrites those indices).
             self._templates_out = _EncoderTemplates()
-            return self._data_frame(messages[:half], flags[:half] if flags else None) + self._data_frame(
-                messages[half:], flags[half:] if flags else None
-            )
+            return self._data_frame(entries[:half], stamper) + self._data_frame(entries[half:], stamper)
         frame_flags = 0
         if self._compress and len(payload) >= COMPRESS_THRESHOLD:
             from .serialization import compress
@@ -542,17 +607,40 @@ class PeerProtocol:
             items = msgpack.unpackb(payload, timestamp=3, raw=False, strict_map_key=False)
         except Exception as exc:
             raise _fail(f"undecodable data frame: {exc}") from None
-        if type(items) is not list or len(items) > 4 * MAX_BATCH:
+        if type(items) is not list or len(items) > 4 * MAX_BATCH + 1:
             raise _fail("data frame must be an array of items")
         messages: list[Message] = []
         flags: list[int] = []
         templates = self._templates_in
         append = messages.append
+        stamp: Stamp | None = None
+        position = 0
         for item in items:
             if type(item) is not list or not item:
                 raise _fail("data item must be a tagged array")
             tag = item[0]
-            if tag == 1 and len(item) == 10:
+            if tag == 4 and len(item) == 7:
+                _, index, subject, data, parent, corr, f = item
+                template = templates[index] if type(index) is int and 0 <= index < MAX_TEMPLATES else None
+                if template is None:
+                    raise _fail(f"message refers to undefined template {index!r}")
+                if stamp is None or stamp.first_seq + position >= _SEQ_LIMIT:
+                    raise _fail("batched message without a stamp")
+                if subject is not None and (type(subject) is not str or not subject or len(subject) > 4096):
+                    raise _fail("subject must be a non-empty string or nil")
+                if type(f) is not int:
+                    raise _fail("flags must be an int")
+                if corr is not None and (type(corr) is not str or not corr or len(corr) > 4096 or template.routing is None):
+                    raise _fail("invalid correlation id")
+                if parent is not None:
+                    self._check_parent(parent)
+                append(wire_message(stamp, template, item, position))
+                flags.append(f)
+                position += 1
+            elif tag == 5 and len(item) == 10:
+                stamp = self._stamp(item)
+                position = 0
+            elif tag == 1 and len(item) == 10:
                 _, index, id_, subject, data, time, trace, clock, corr, f = item
                 template = templates[index] if type(index) is int and 0 <= index < MAX_TEMPLATES else None
                 if template is None:
@@ -607,6 +695,48 @@ class PeerProtocol:
                 raise _fail(f"unknown data item (tag {tag!r})")
         self.messages_received += len(messages)
         return DataBatch(messages, flags)
+
+    def _stamp(self, item: list[Any]) -> Stamp:
+        _, ms, first_seq, node_hex, time, clock_node, clock_others, clock_first, span_base, trace_base = item
+        if type(ms) is not int or not 0 <= ms < 1 << 48:
+            raise _fail("stamp time must be 48-bit milliseconds")
+        if type(first_seq) is not int or not 0 <= first_seq < _SEQ_LIMIT:
+            raise _fail("stamp sequence out of range")
+        if type(node_hex) is not str or _NODE_HEX_RE.fullmatch(node_hex) is None:
+            raise _fail("stamp node part must be 12 lowercase hex digits")
+        if type(time) is not _dt.datetime:
+            raise _fail("stamp time must be a timestamp")
+        if type(clock_first) is not int or not 0 < clock_first <= MAX_COUNTER - 4 * MAX_BATCH:
+            raise _fail("stamp clock counter out of range")
+        if type(span_base) is not int or not 0 <= span_base < 1 << 64:
+            raise _fail("stamp span base out of range")
+        if type(trace_base) is not bytes or len(trace_base) != 16:
+            raise _fail("stamp trace base must be 16 bytes")
+        trace_base = int.from_bytes(trace_base, "big")
+        if type(clock_others) is not dict or clock_node in clock_others:
+            raise _fail("stamp clock must be a map without the sender's own entry")
+        try:
+            decode_clock({**clock_others, clock_node: clock_first} if type(clock_node) is str else None)
+        except DecodeError as exc:
+            raise _fail(f"stamp clock: {exc}") from None
+        return Stamp(ms, first_seq, node_hex, time, clock_node, clock_others, clock_first, span_base, trace_base)
+
+    def _check_parent(self, parent: Any) -> None:
+        if type(parent) is not list or len(parent) != 3:
+            raise _fail("trace parent must be [trace_id, flags, tracestate]")
+        trace_id, flags, state = parent
+        if trace_id not in self._valid_trace_ids:
+            if type(trace_id) is not str or _TRACE_ID_RE.fullmatch(trace_id) is None or trace_id == "0" * 32:
+                raise _fail("trace id must be 32 lowercase hex digits, not all zero")
+            if len(self._valid_trace_ids) >= 4096:
+                self._valid_trace_ids.clear()
+            self._valid_trace_ids.add(trace_id)
+        if type(flags) is not int or not 0 <= flags <= 255:
+            raise _fail("trace flags must be a byte")
+        try:
+            _msgpack.check_tracestate(state)
+        except DecodeError as exc:
+            raise _fail(f"tracestate: {exc}") from None
 
     def _define_template(self, item: list[Any]) -> None:
         _, index, source, type_, contenttype, schema, delivery, routing, qos, extensions = item

@@ -148,12 +148,20 @@ def _span_id() -> str:
 
 
 
-_current: contextvars.ContextVar[TraceContext | None] = contextvars.ContextVar("phoenix_trace", default=None)
+# The running task's trace. It holds a TraceContext, or a received message whose trace
+# is only computed when something asks (lazily decoded messages make it on demand).
+_current: contextvars.ContextVar[object] = contextvars.ContextVar("phoenix_trace", default=None)
+
+
+def _resolve(value: object) -> TraceContext | None:
+    if value is None or type(value) is TraceContext:
+        return value  # type: ignore[return-value]
+    return value.trace  # type: ignore[attr-defined,no-any-return]
 
 
 def current_trace() -> TraceContext | None:
     """The trace context of the running task, if any."""
-    return _current.get()
+    return _resolve(_current.get())
 
 
 @contextmanager
@@ -168,5 +176,20 @@ def use_trace(context: TraceContext | None) -> Iterator[TraceContext | None]:
 
 def next_hop_trace() -> TraceContext:
     """What an outgoing message carries: a child of the current span, or a new trace."""
-    current = _current.get()
+    current = _resolve(_current.get())
     return current.child() if current is not None else TraceContext.new()
+
+
+def span_id_at(base: int, index: int) -> str:
+    """Span id ``index`` of a batch whose random base is ``base`` (never all zeros)."""
+    return f"{((base + index) & 0xFFFFFFFFFFFFFFFF) or 1:016x}"
+
+
+def trace_id_at(base: int, index: int) -> str:
+    """Trace id ``index`` of a batch whose random base is ``base`` (never all zeros)."""
+    return f"{((base + index) & ((1 << 128) - 1)) or 1:032x}"
+
+
+def random_bases() -> tuple[int, int]:
+    """Fresh random bases for a batch's span ids and trace ids."""
+    return _getrandbits(64), _getrandbits(128)

@@ -211,6 +211,22 @@ class LocalClock:
                 self._entries = entries = dict(_trusted(entries).truncate(self.max_entries, keep=self.node).entries)
             return _trusted(entries.copy())
 
+    def tick_many(self, count: int) -> tuple[dict[str, int], int]:
+        """Advance the local entry ``count`` times at once, for a batch of messages.
+
+        Returns the other entries and the first local counter: message ``i`` of the batch
+        carries ``entries`` plus ``{node: first + i}``.
+        """
+        with self._lock:
+            entries = self._entries
+            first = entries.get(self.node, 0) + 1
+            entries[self.node] = first + count - 1
+            if len(entries) > self.max_entries:
+                self._entries = entries = dict(_trusted(entries).truncate(self.max_entries, keep=self.node).entries)
+            others = entries.copy()
+            del others[self.node]
+            return others, first
+
     def observe(self, other: VectorClock) -> None:
         """Merge a received message's clock (causal delivery calls this on delivery)."""
         with self._lock:

@@ -245,3 +245,11 @@ async def test_membership_events_and_closing_joins_everything() -> None:
     for task in trio.lowlevel.current_root_task().child_nurseries:
         for child in task.child_tasks:
             assert "phoenix" not in repr(child.coro)
+
+
+async def test_unencodable_data_is_refused_at_send_time() -> None:
+    async with cluster(2) as (a, b):
+        async with b.agent("inbox"):
+            await a.wait_for_agent("inbox", timeout=5)
+            with pytest.raises(px.EncodeError):
+                await a.send("inbox", object())

@@ -28,6 +28,10 @@ from phoenix_trio._peer_protocol import (
 from .strategies import messages
 
 
+def entries(batch: list[Message]) -> list[tuple[Message, int]]:
+    return [(m, 0) for m in batch]
+
+
 def pair(**kw) -> tuple[PeerProtocol, PeerProtocol]:
     a = PeerProtocol(Hello("a", 1, "127.0.0.1", 7001, **kw))
     b = PeerProtocol(Hello("b", 2, "127.0.0.1", 7002))
@@ -65,11 +69,11 @@ def test_handshake_and_control_messages() -> None:
 @given(st.lists(messages(), min_size=1, max_size=20), st.lists(st.integers(0, 3), min_size=20, max_size=20))
 def test_messages_round_trip_through_compact_batches(batch: list[Message], flags: list[int]) -> None:
     a, b = pair()
-    [event] = b.receive_data(a.messages(batch, flags[: len(batch)]))
+    [event] = b.receive_data(a.messages(list(zip(batch, flags))))
     assert isinstance(event, DataBatch)
     assert event.messages == batch and event.flags == flags[: len(batch)]
     # A second batch reuses the templates: it is smaller and still decodes.
-    again = a.messages(batch, flags[: len(batch)])
+    again = a.messages(list(zip(batch, flags)))
     [event] = b.receive_data(again)
     assert event.messages == batch
 
@@ -79,11 +83,11 @@ def test_templates_are_bounded_and_recycled() -> None:
     batch = [Message.new(i, type="phoenix.agent.message", source=f"/agent/{i}") for i in range(MAX_TEMPLATES + 500)]
     received = []
     for start in range(0, len(batch), 700):
-        for event in b.receive_data(a.messages(batch[start : start + 700])):
+        for event in b.receive_data(a.messages(entries(batch[start : start + 700]))):
             received.extend(event.messages)
     assert received == batch
     # And the oldest sources still work after eviction.
-    [event] = b.receive_data(a.messages(batch[:3]))
+    [event] = b.receive_data(a.messages(entries(batch[:3])))
     assert event.messages == batch[:3]
 
 
@@ -93,7 +97,7 @@ def test_big_batches_are_split_to_fit_the_frame_limit() -> None:
     b.receive_data(a.hello())
     a.receive_data(b.hello())
     batch = [Message.new(b"x" * 3000) for _ in range(100)]
-    data = a.messages(batch)
+    data = a.messages(entries(batch))
     events = b.receive_data(data)
     assert [m for e in events for m in e.messages] == batch and len(events) > 4
 
@@ -174,7 +178,7 @@ def test_corrupted_valid_batches_are_caught(batch: list[Message], data: st.DataO
     b = PeerProtocol(Hello("b", 1, "h", 2), max_frame=8192)
     b.receive_data(a.hello())
     a.receive_data(b.hello())
-    frame = bytearray(a.messages(batch))
+    frame = bytearray(a.messages(entries(batch)))
     i = data.draw(st.integers(0, len(frame) - 1))
     frame[i] ^= data.draw(st.integers(1, 255))
     # A corrupted length field makes the decoder wait for a longer frame; the traffic that
@@ -229,3 +233,111 @@ async def test_inbox_receive_is_a_cancellation_point_and_sets_the_trace() -> Non
             await inbox.receive()
     got = await inbox.receive()
     assert current_trace() == got.trace
+
+
+# -- batched messages, stamped per frame and decoded lazily --------------------------------------
+
+
+def stamper_for(node: str):
+    from phoenix_trio._node import Node  # noqa: F401 - the stamp layout is the node's
+    import datetime as dt
+
+    from phoenix_trio._ids import reserve
+    from phoenix_trio._trace import random_bases
+    from phoenix_trio._vclock import LocalClock
+
+    clock = LocalClock(node)
+    clock.observe(px_clock({"other": 7}))
+
+    def stamp(count: int) -> list:
+        ms, first, node_hex = reserve(count)
+        others, first_counter = clock.tick_many(count)
+        span, trace = random_bases()
+        return [ms, first, node_hex, dt.datetime.now(dt.timezone.utc), node, others, first_counter, span, trace.to_bytes(16, "big")]
+
+    return stamp
+
+
+def px_clock(entries):
+    from phoenix_trio import VectorClock
+
+    return VectorClock(entries)
+
+
+def send_template(**kw):
+    from phoenix_trio import DeliveryGuarantee, QoSRequirements, RoutingMetadata
+    from phoenix_trio._peer_protocol import SendTemplate
+
+    return SendTemplate("phoenix://a/x", "phoenix.agent.direct.send", "application/json", DeliveryGuarantee(), RoutingMetadata(pattern="point_to_point", target="t", **kw), QoSRequirements())
+
+
+def test_batched_messages_are_stamped_and_decoded_lazily() -> None:
+    import pickle
+
+    import attrs
+
+    from phoenix_trio import TraceContext, validate_message
+    from phoenix_trio._wire_message import WireMessage
+
+    a, b = pair()
+    t = send_template()
+    parent = TraceContext.new()
+    batch = [(t, {"i": i}, "t", parent if i % 2 else None, "corr" if i == 3 else None, 0) for i in range(5)]
+    [event] = b.receive_data(a.messages(batch, stamper_for("a")))
+    got = event.messages
+    assert all(isinstance(m, WireMessage) and isinstance(m, Message) for m in got)
+    assert [m.data for m in got] == [{"i": i} for i in range(5)]
+    ids = [m.id for m in got]
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    assert len({m.time for m in got}) == 1  # one stamp per frame
+    assert [m.causality["a"] for m in got] == [1, 2, 3, 4, 5] and all(m.causality["other"] == 7 for m in got)
+    assert got[1].trace.trace_id == parent.trace_id and got[1].trace.span_id != parent.span_id
+    assert got[0].trace.trace_id != got[2].trace.trace_id  # new traces
+    assert len({m.trace.span_id for m in got}) == 5
+    assert got[3].correlation_id == "corr" and got[2].correlation_id is None
+    assert got[0].source == "phoenix://a/x" and got[0].routing.target == "t"
+    for m in got:
+        validate_message(m)
+        plain = m.materialize()
+        assert type(plain) is Message and plain == m and m == plain
+        assert pickle.loads(pickle.dumps(m)) == m
+        changed = attrs.evolve(m, data="changed")
+        assert changed.data == "changed" and changed.id == m.id
+        assert m.evolve(subject="other").subject == "other"
+    assert repr(got[0]).startswith("Message(id=")
+    with pytest.raises(TypeError):
+        hash(got[0])
+
+
+def test_stamps_and_batched_items_are_validated() -> None:
+    a, b = pair()
+    t = send_template()
+    frame = a.messages([(t, 1, "t", None, None, 0)], stamper_for("a"))
+    payload = msgpack.unpackb(frame[16:], timestamp=3, strict_map_key=False)
+    stamp_item, template_item, message_item = payload[0], payload[1], payload[2]
+    assert stamp_item[0] == 5 and template_item[0] == 0 and message_item[0] == 4
+    bad_stamps = [
+        {1: -1}, {1: 1 << 48}, {2: 1 << 26}, {3: "XYZ"}, {4: "not a time"}, {6: {"a": 1}}, {6: {"x": "y"}},
+        {7: 0}, {8: -1}, {9: b"short"},
+    ]  # fmt: skip
+    for change in bad_stamps:
+        fresh_a, fresh_b = pair()
+        stamp = list(stamp_item)
+        for index, value in change.items():
+            stamp[index] = value
+        data = core.encode_frame(msgpack.packb([stamp, template_item, message_item], datetime=True), channel=1)
+        with pytest.raises(RemoteProtocolError):
+            fresh_b.receive_data(data)
+    for change in ({4: ["0" * 32, 1, ""]}, {4: ["A" * 32, 1, ""]}, {4: ["a" * 32, 300, ""]}, {4: ["a" * 32, 1, "bad state"]}, {2: ""}, {6: "x"}):
+        fresh_a, fresh_b = pair()
+        item = list(message_item)
+        for index, value in change.items():
+            item[index] = value
+        data = core.encode_frame(msgpack.packb([stamp_item, template_item, item], datetime=True), channel=1)
+        with pytest.raises(RemoteProtocolError):
+            fresh_b.receive_data(data)
+    # A batched item without a stamp before it is refused.
+    fresh_a, fresh_b = pair()
+    data = core.encode_frame(msgpack.packb([template_item, message_item], datetime=True), channel=1)
+    with pytest.raises(RemoteProtocolError, match="stamp"):
+        fresh_b.receive_data(data)

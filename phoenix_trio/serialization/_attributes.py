@@ -22,6 +22,8 @@ from typing import Any
 
 from .._errors import DecodeError, ValidationError
 from .._message import (
+    EMPTY,
+    Extensions,
     EXTENSION_ATTRIBUTES,
     SPECVERSION,
     DeliveryGuarantee,
@@ -237,7 +239,7 @@ def from_attributes(attributes: Mapping[str, Any], data: Any) -> Message:
             routing=RoutingMetadata(**records["routing"]) if records["routing"] else None,
             security=SecurityInfo(**records["security"]) if records["security"] else None,
             qos=QoSRequirements(**records["qos"]) if records["qos"] else None,
-            extensions=types.MappingProxyType(extensions) if extensions else types.MappingProxyType({}),
+            extensions=Extensions(extensions) if extensions else EMPTY,
         )
         return validate_message(message)
     except ValidationError as exc:

@@ -54,6 +54,8 @@ import attrs
 
 from .._errors import DecodeError, EncodeError, ValidationError
 from .._message import (
+    EMPTY,
+    Extensions,
     FANOUT_STRATEGIES,
     PATTERNS,
     RETRY_STRATEGIES,
@@ -926,7 +928,7 @@ def from_term(term: Any) -> Message:
             routing=None if routing is None else RoutingMetadata(**_canonical_record(routing)),
             security=None if security is None else SecurityInfo(**_canonical_record(security)),
             qos=None if qos is None else QoSRequirements(**_canonical_record(qos)),
-            extensions=types.MappingProxyType(extensions) if extensions else types.MappingProxyType({}),
+            extensions=Extensions(extensions) if extensions else EMPTY,
         )
         return validate_message(message)
     except ValidationError as exc:

@@ -29,6 +29,8 @@ import msgpack
 
 from .._errors import DecodeError, EncodeError, ValidationError
 from .._message import (
+    EMPTY,
+    Extensions,
     FANOUT_STRATEGIES,
     PATTERNS,
     RETRY_STRATEGIES,
@@ -54,7 +56,7 @@ _TRACE_ID_RE = re.compile(r"[0-9a-f]{32}")
 _SPAN_ID_RE = re.compile(r"[0-9a-f]{16}")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
-_EMPTY = types.MappingProxyType({})
+_EMPTY = EMPTY
 
 _DELIVERY_MODE_INDEX = {v: i for i, v in enumerate(DELIVERY_MODES)}
 _RETRY_INDEX = {v: i for i, v in enumerate(RETRY_STRATEGIES)}
@@ -233,14 +235,23 @@ def _decode_trace(value: Any) -> TraceContext | None:
         or span_id == _ZERO_SPAN
     ):
         raise DecodeError("malformed trace context (ids must be non-zero lowercase hex)")
+    check_tracestate(state)
+    return TraceContext(trace_id, span_id, flags, state)
+
+
+def check_tracestate(state: Any) -> None:
+    """Raise DecodeError unless ``state`` is a valid ``tracestate`` in normal form ("" included)."""
+    if type(state) is not str:
+        raise DecodeError("tracestate must be a string")
     if state:
         if state not in _trace_state_cache:
-            _trace_state_cache.remember(state, parse_tracestate(state) == state)
+            try:
+                normal = parse_tracestate(state) == state
+            except DecodeError:
+                normal = False
+            _trace_state_cache.remember(state, normal)
         if not _trace_state_cache[state]:
-            raise DecodeError("tracestate is not in normal form")
-    elif state != "":
-        raise DecodeError("tracestate must be a string")
-    return TraceContext(trace_id, span_id, flags, state)
+            raise DecodeError("tracestate is malformed or not in normal form")
 
 
 def _decode_delivery(value: Any) -> DeliveryGuarantee | None:
@@ -368,7 +379,7 @@ def _decode_extensions(value: Any) -> Any:
             validate_extension(name, item)
     except ValidationError as exc:
         raise DecodeError(str(exc)) from None
-    return types.MappingProxyType(value)
+    return Extensions(value)
 
 
 def from_array(obj: Any) -> Message:
