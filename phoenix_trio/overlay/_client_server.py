@@ -44,7 +44,7 @@ class ClientServer:
         self._server: NodeId | None = None
         self._server_index = zlib.crc32(node_id.encode()) % len(config.servers) if self._others else 0
         self._joined = False
-        self._attempts = 0
+        self._failures = 0
         self.left = False
 
     # -- queries ---------------------------------------------------------------------------
@@ -91,11 +91,13 @@ class ClientServer:
 
     def link_failed(self, peer: NodeId, now: float) -> list[Any]:
         out: list[Any] = []
-        self._pending.pop(peer, None)
+        was_pending = self._pending.pop(peer, None) is not None
+        was_server = peer == self._server
         self._drop(peer, "failed", out)
-        if not self.is_server and self._server is None and self._joined:
-            self._server_index += 1
-        self._retry(now, out)
+        if not self.is_server and self._joined and (was_pending or was_server):
+            self._advance(out)
+        if self._joined and not self.left:
+            self._retry(now, out)
         return out
 
     # -- inputs ----------------------------------------------------------------------------
@@ -127,11 +129,11 @@ class ClientServer:
         elif kind is HelloReply:
             self._on_reply(sender, message, now, out)
         elif kind is Goodbye:
-            self._pending.pop(sender, None)
+            was_pending = self._pending.pop(sender, None) is not None
             was_server = sender == self._server
             self._drop(sender, "left", out)
-            if was_server:
-                self._server_index += 1
+            if not self.is_server and (was_server or was_pending):
+                self._advance(out)
                 self._retry(now, out)
         return out
 
@@ -152,15 +154,22 @@ class ClientServer:
             return
         if not msg.accepted:
             if was_pending:
-                self._server_index += 1
+                self._advance(out)
                 self._retry(now, out)
             return
         if self._server is None and sender in self.config.servers:
             self._server = sender
-            self._attempts = 0
+            self._failures = 0
             out.append(NeighborUp(sender))
         elif sender != self._server:
             out += [Send(sender, Goodbye()), CloseLink(sender)]
+
+    def _advance(self, out: list[Any]) -> None:
+        """The current server failed, refused or left: move on to the next one."""
+        self._server_index += 1
+        self._failures += 1
+        if self._failures == len(self.config.servers):  # every server failed once: say so, once
+            out.append(JoinFailed("no server accepted this client: " + ", ".join(self.config.servers[:8])))
 
     def _drop(self, peer: NodeId, reason: str, out: list[Any]) -> None:
         if peer in self._servers_up:
@@ -179,7 +188,7 @@ class ClientServer:
             if deadline <= now:
                 del self._pending[peer]
                 if not self.is_server:
-                    self._server_index += 1
+                    self._advance(out)
         if self.is_server:
             missing = [s for s in self._others if s not in self._servers_up and s not in self._pending]
             for server in missing:
@@ -193,9 +202,6 @@ class ClientServer:
                 out.append(SetTimer(_RETRY, min(self._pending.values())))
             return
         servers = cfg.servers
-        self._attempts += 1
-        if self._attempts == len(servers) + 1:  # a whole round of servers failed; say so once
-            out.append(JoinFailed("no server accepted this client: " + ", ".join(servers[:8])))
         target = servers[self._server_index % len(servers)]
         self._pending[target] = now + cfg.hello_timeout
         out.append(Send(target, ClientHello()))

@@ -190,7 +190,10 @@ class PlumtreeConfig:
     - ``store_size`` / ``store_ttl``: payloads kept to answer GRAFTs.
     - ``optimization_threshold``: when a lazy link announces a message this many rounds
       earlier than the eager copy arrived, swap the two links (the paper's optimisation,
-      it shortens the tree); 0 turns it off.
+      which shortens the tree); 0 (the default) turns it off. Measured at 1,000 nodes:
+      with every broadcast from one origin, 3 cut the last delivery hop from 11 to 10 in
+      one seed of two; with random origins it kept reshaping the shared tree (about six
+      GRAFT/PRUNE pairs per broadcast) without shortening it.
     """
 
     ihave_interval: float = 0.05
@@ -200,7 +203,7 @@ class PlumtreeConfig:
     seen_ttl: float = 120.0
     store_size: int = 10_000
     store_ttl: float = 30.0
-    optimization_threshold: int = 3
+    optimization_threshold: int = 0
 
     def __attrs_post_init__(self) -> None:
         _check_times(self, "ihave_interval", "graft_timeout", "graft_retry", "seen_ttl", "store_ttl")

@@ -287,7 +287,7 @@ class OverlayScenario:
     after_repair: OverlayHealth
     stable: BroadcastFigures
     after_fail: BroadcastFigures
-    routing_before: RoutingFigures
+    routing_stable: RoutingFigures
     routing_after: RoutingFigures
     messages: dict[str, int]
     events: int
@@ -315,20 +315,21 @@ def overlay_scenario(
     ``after_fail`` broadcasts follow immediately (one every half second); their
     reliability is the fraction of live nodes each reached. After ``repair`` s the
     overlay is checked again. Routing: ``route_pairs`` point-to-point messages between
-    random live pairs before the crash and after the repair.
+    random live pairs once the tree is stable (discovery runs along it) and after the
+    repair.
     """
     cluster = Cluster(n, seed, wire=wire)
     net = cluster.net
     cluster.mass_join(at=0.0)
     net.run(settle)
     joined = overlay_health(net)
-    routing_before = _route_pairs(cluster, route_pairs, settle=2.0)
     payload = b"b" * 100
     mids = []
     for i in range(warmup + measured):
         mids.append(cluster.broadcast(cluster.live_origin(), payload))
         net.run_for(1.0)
     stable = _broadcast_figures(cluster, mids[warmup:], net.alive())
+    routing_stable = _route_pairs(cluster, route_pairs, settle=2.0)
     cluster.crash_fraction(fail_fraction)
     fail_mids = []
     for _ in range(after_fail):
@@ -347,7 +348,7 @@ def overlay_scenario(
         after_repair=repaired,
         stable=stable,
         after_fail=failed,
-        routing_before=routing_before,
+        routing_stable=routing_stable,
         routing_after=routing_after,
         messages=dict(net.sent),
         events=net.sim.stats.delivered,

@@ -111,9 +111,17 @@ class TreeOverlay:
 
     def link_failed(self, peer: NodeId, now: float) -> list[Any]:
         out: list[Any] = []
-        self._lose(peer, "failed", now, out)
-        if self._joining and self._current_contact() == peer:
+        if peer == self.parent:
+            self._lose(peer, "failed", now, out, rejoin=False)
+            self._attempt = 0
+            if self._current_contact() == peer:
+                self._next_contact(now, out)  # counts as that contact failing
+            else:
+                self._send_join(now, out)
+        elif self._joining and self._current_contact() == peer:
             self._next_contact(now, out)
+        else:
+            self._lose(peer, "failed", now, out)
         return out
 
     # -- inputs ----------------------------------------------------------------------------
@@ -301,14 +309,15 @@ class TreeOverlay:
         out.append(CancelTimer(_JOIN))
         out.append(JoinFailed(_FULL))
 
-    def _lose(self, peer: NodeId, reason: str, now: float, out: list[Any]) -> None:
+    def _lose(self, peer: NodeId, reason: str, now: float, out: list[Any], *, rejoin: bool = True) -> None:
         if peer == self.parent:
             self.parent = None
             self.path = ()
             out += [NeighborDown(peer, reason), CloseLink(peer)]
             self._push_path(out)  # children learn their ancestors are gone
-            self._attempt = 0
-            self._send_join(now, out)
+            if rejoin:
+                self._attempt = 0
+                self._send_join(now, out)
         elif peer in self.children:
             del self.children[peer]
             out += [NeighborDown(peer, reason), CloseLink(peer)]

@@ -71,7 +71,7 @@ json_like = st.recursive(
 
 
 @given(st.integers(0, 120), st.lists(json_like, max_size=7))
-@settings(max_examples=1500)
+@settings(max_examples=800)
 def test_well_formed_msgpack_with_wrong_shapes_raises_decode_error(tag, fields) -> None:
     data = b"\x00" + msgpack.packb([tag, *fields], use_bin_type=True)
     try:
