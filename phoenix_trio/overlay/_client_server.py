@@ -20,6 +20,7 @@ from collections.abc import Hashable, Iterable
 from typing import Any
 
 from ..effects import Send, SetTimer
+from . import _checks as checks
 from ._config import ClientServerConfig
 from ._events import CloseLink, JoinFailed, NeighborDown, NeighborUp
 from ._messages import ClientHello, Goodbye, HelloReply, NodeId, ServerHello
@@ -33,7 +34,7 @@ class ClientServer:
     """One node of the client_server overlay; see the module docstring."""
 
     def __init__(self, node_id: NodeId, config: ClientServerConfig, *, rng: random.Random) -> None:
-        self.node_id = node_id
+        self.node_id = checks.own_node_id(node_id)
         self.config = config
         self.rng = rng
         self.is_server = node_id in config.servers

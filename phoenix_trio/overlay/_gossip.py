@@ -36,13 +36,14 @@ from typing import Any
 import attrs
 
 from ..effects import Send, SetTimer
+from .._errors import ValidationError
+from . import _checks as checks
 from ._cache import BoundedCache
 from ._config import GossipConfig
 from ._events import GossipDeliver
 from ._messages import (
     MAX_CLOCK,
     MAX_COUNTER,
-    MAX_MESSAGE_ID,
     GossipDigest,
     GossipEnvelope,
     GossipPush,
@@ -91,7 +92,7 @@ class Gossip:
         peers: Iterable[NodeId] = (),
         sampler: Callable[[random.Random, int], list[NodeId]] | None = None,
     ) -> None:
-        self.node_id = node_id
+        self.node_id = checks.own_node_id(node_id)
         self.config = config if config is not None else GossipConfig()
         self.rng = rng
         self.peers: dict[NodeId, None] = {p: None for p in peers if p != node_id}
@@ -151,12 +152,11 @@ class Gossip:
         round) and then every round like any other holder.
         """
         cfg = self.config
-        mid = self.rng.randbytes(16) if message_id is None else message_id
-        if not 0 < len(mid) <= MAX_MESSAGE_ID:
-            raise ValueError(f"message ids are 1 to {MAX_MESSAGE_ID} bytes")
+        mid = self.rng.randbytes(16) if message_id is None else checks.message_id(message_id)
+        checks.payload(payload)
         lifetime = cfg.message_ttl if ttl is None else ttl
-        if not lifetime > 0:
-            raise ValueError("ttl must be positive")
+        if not (isinstance(lifetime, int | float) and 0 < lifetime < MAX_COUNTER / 1000):
+            raise ValidationError(f"ttl must be a positive number of seconds, got {ttl!r}")
         self.clock[self.node_id] = min(self.clock.get(self.node_id, 0) + 1, MAX_COUNTER)
         self._clock_touched[self.node_id] = now
         self._prune_clock()

@@ -40,6 +40,7 @@ from typing import Any
 import attrs
 
 from ..effects import CancelTimer, Send, SetTimer
+from . import _checks as checks
 from ._config import HyParViewConfig
 from ._events import CloseLink, JoinFailed, NeighborDown, NeighborUp
 from ._messages import (
@@ -87,7 +88,7 @@ class HyParView:
     """
 
     def __init__(self, node_id: NodeId, config: HyParViewConfig | None = None, *, rng: random.Random) -> None:
-        self.node_id = node_id
+        self.node_id = checks.own_node_id(node_id)
         self.config = config if config is not None else HyParViewConfig()
         self.rng = rng
         self.active: dict[NodeId, None] = {}
@@ -136,7 +137,7 @@ class HyParView:
     def join(self, contacts: Iterable[NodeId], now: float) -> list[Any]:
         """Join the overlay through ``contacts`` (tried in turn). No contacts: this node is the first."""
         self.left = False
-        self._contacts = [c for c in dict.fromkeys(contacts) if c != self.node_id]
+        self._contacts = [c for c in dict.fromkeys(checks.node_ids(contacts, "contacts")) if c != self.node_id]
         self._contact_index = 0
         self._join_attempts = 0
         out: list[Any] = []

@@ -173,7 +173,7 @@ class OverlayNode:
 
     def timer(self, key: Hashable, now: float) -> list[Any]:
         core = self._by_timer.get(key[0]) if isinstance(key, tuple) and key else None
-        if core is None:
+        if core is None or (self.left and core is not self.membership):
             return []
         return self._process(core.timer(key, now), now)
 

@@ -29,7 +29,8 @@ from ..effects import CancelTimer, Send, SetTimer
 from ._cache import BoundedCache
 from ._config import PlumtreeConfig
 from ._events import Deliver
-from ._messages import MAX_IDS, MAX_MESSAGE_ID, EagerPush, Graft, IHave, MessageId, NodeId, Prune
+from . import _checks as checks
+from ._messages import MAX_IDS, EagerPush, Graft, IHave, MessageId, NodeId, Prune
 
 _log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class Plumtree:
         rng: random.Random,
         fanout: int | None = None,
     ) -> None:
-        self.node_id = node_id
+        self.node_id = checks.own_node_id(node_id)
         self.config = config if config is not None else PlumtreeConfig()
         self.rng = rng
         self.fanout = fanout
@@ -112,9 +113,8 @@ class Plumtree:
 
     def broadcast(self, payload: bytes, now: float, *, message_id: MessageId | None = None) -> list[Any]:
         """Broadcast ``payload``; the first effect is this node's own :class:`Deliver`."""
-        mid = self.new_message_id() if message_id is None else message_id
-        if not 0 < len(mid) <= MAX_MESSAGE_ID:
-            raise ValueError(f"message ids are 1 to {MAX_MESSAGE_ID} bytes")
+        mid = self.new_message_id() if message_id is None else checks.message_id(message_id)
+        checks.payload(payload)
         msg = EagerPush(mid, self.node_id, 0, payload)
         out: list[Any] = [Deliver(mid, self.node_id, 0, payload)]
         self._accept(msg, None, now, out)

@@ -40,7 +40,8 @@ from ..effects import CancelTimer, Send, SetTimer
 from ._cache import BoundedCache
 from ._config import RoutingConfig
 from ._events import DirectDeliver, RouteFailed
-from ._messages import MAX_MESSAGE_ID, MessageId, NodeId, RouteError, RouteReply, RouteRequest, Routed
+from . import _checks as checks
+from ._messages import MessageId, NodeId, RouteError, RouteReply, RouteRequest, Routed
 
 _log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class Router:
         rng: random.Random,
         tree_peers: Callable[[], Iterable[NodeId]] | None = None,
     ) -> None:
-        self.node_id = node_id
+        self.node_id = checks.own_node_id(node_id)
         self.config = config if config is not None else RoutingConfig()
         self.rng = rng
         self.tree_peers = tree_peers
@@ -112,9 +113,9 @@ class Router:
 
     def send_to(self, target: NodeId, payload: bytes, now: float, *, message_id: MessageId | None = None) -> list[Any]:
         """Send ``payload`` to ``target`` over the overlay (directly if it is a neighbour)."""
-        mid = self.rng.randbytes(16) if message_id is None else message_id
-        if not 0 < len(mid) <= MAX_MESSAGE_ID:
-            raise ValueError(f"message ids are 1 to {MAX_MESSAGE_ID} bytes")
+        mid = self.rng.randbytes(16) if message_id is None else checks.message_id(message_id)
+        checks.payload(payload)
+        checks.node_ids([target], "target")
         self.stats.sent += 1
         out: list[Any] = []
         self._send(target, mid, payload, 0, now, out)
@@ -193,14 +194,18 @@ class Router:
         out.append(SetTimer(("routing", _DISCOVER, target), now + self.config.discovery_timeout))
 
     def _on_request(self, sender: NodeId, msg: RouteRequest, now: float, out: list[Any]) -> None:
-        if self._seen_requests.contains(msg.request_id, now) or self.node_id in msg.path or not msg.path:
+        if (
+            not msg.path
+            or msg.path[-1] != sender  # the walk must come from the node that sent it
+            or self.node_id in msg.path
+            or self._seen_requests.contains(msg.request_id, now)
+        ):
             return
         self._seen_requests.put(msg.request_id, None, now + self.config.route_ttl, now)
         path = (*msg.path, self.node_id)
         if msg.target == self.node_id:
             self._routes.put(path[0], tuple(reversed(path)), now + self.config.route_ttl, now)
-            if path[-2] in self.neighbors or path[-2] == sender:
-                out.append(Send(path[-2], RouteReply(msg.request_id, path, len(path) - 2)))
+            out.append(Send(sender, RouteReply(msg.request_id, path, len(path) - 2)))
             return
         if len(path) >= self.config.max_hops + 1:  # the target would be one hop too far
             return
@@ -217,7 +222,7 @@ class Router:
 
     def _on_reply(self, sender: NodeId, msg: RouteReply, now: float, out: list[Any]) -> None:
         path, hop = msg.path, msg.hop
-        if hop >= len(path) or path[hop] != self.node_id:
+        if hop + 1 >= len(path) or path[hop] != self.node_id or path[hop + 1] != sender:
             return
         if hop > 0:
             prev = path[hop - 1]
@@ -234,7 +239,7 @@ class Router:
 
     def _on_routed(self, sender: NodeId, msg: Routed, now: float, out: list[Any]) -> None:
         path, hop = msg.path, msg.hop
-        if hop >= len(path) or path[hop] != self.node_id:
+        if hop >= len(path) or path[hop] != self.node_id or hop == 0 or path[hop - 1] != sender:
             _log.debug("%s: misrouted message from %s dropped", self.node_id, sender)
             return
         if hop == len(path) - 1:
@@ -249,17 +254,15 @@ class Router:
             out.append(Send(nxt, Routed(msg.message_id, path, hop + 1, msg.payload, msg.attempt)))
             return
         self.stats.route_errors += 1
-        prev = path[hop - 1]
-        if prev in self.neighbors or prev == sender:
-            out.append(Send(prev, RouteError(msg.message_id, path, hop - 1, msg.payload, msg.attempt)))
+        out.append(Send(sender, RouteError(msg.message_id, path, hop - 1, msg.payload, msg.attempt)))
 
     def _on_error(self, sender: NodeId, msg: RouteError, now: float, out: list[Any]) -> None:
         path, hop = msg.path, msg.hop
-        if hop >= len(path) or path[hop] != self.node_id:
+        if hop + 1 >= len(path) or path[hop] != self.node_id or path[hop + 1] != sender:
             return
         if hop > 0:
             prev = path[hop - 1]
-            if prev in self.neighbors or prev == sender:
+            if prev in self.neighbors:
                 out.append(Send(prev, RouteError(msg.message_id, path, hop - 1, msg.payload, msg.attempt)))
             return
         target = path[-1]

@@ -28,6 +28,7 @@ from collections.abc import Hashable, Iterable
 from typing import Any
 
 from ..effects import CancelTimer, Send, SetTimer
+from . import _checks as checks
 from ._config import TreeConfig
 from ._events import CloseLink, JoinFailed, NeighborDown, NeighborUp
 from ._messages import NodeId, TreeAdopt, TreeInfo, TreeJoin, TreeLeave, TreePath, TreeReject
@@ -43,7 +44,7 @@ class TreeOverlay:
     """One node of the tree overlay; see the module docstring."""
 
     def __init__(self, node_id: NodeId, config: TreeConfig | None = None, *, rng: random.Random) -> None:
-        self.node_id = node_id
+        self.node_id = checks.own_node_id(node_id)
         self.config = config if config is not None else TreeConfig()
         self.rng = rng
         self.parent: NodeId | None = None
@@ -89,7 +90,7 @@ class TreeOverlay:
     def join(self, contacts: Iterable[NodeId], now: float) -> list[Any]:
         """Join under ``contacts`` (the first is the root). No other contact: become the root."""
         self.left = False
-        self._contacts = list(dict.fromkeys(contacts))
+        self._contacts = list(dict.fromkeys(checks.node_ids(contacts, "contacts")))
         out: list[Any] = []
         if not [c for c in self._contacts if c != self.node_id] or self._contacts[0] == self.node_id:
             self._become_root(out)

@@ -93,3 +93,28 @@ def test_other_records_validate() -> None:
     # and ConfigurationError is a ValueError, for code that does not know phoenix_trio
     with pytest.raises(ValueError):
         RoutingConfig(max_reroutes=-1)
+
+
+def test_commands_hold_their_arguments_to_the_wire_bounds() -> None:
+    import random
+
+    from phoenix_trio import ValidationError
+    from phoenix_trio.overlay import Gossip, HyParView, OverlayNode
+    from phoenix_trio.overlay._messages import MAX_PAYLOAD
+
+    node = OverlayNode("me", rng=random.Random(0), gossip=GossipConfig())
+    for call in (
+        lambda: node.broadcast("text", 0.0),  # type: ignore[arg-type]
+        lambda: node.broadcast(b"x" * (MAX_PAYLOAD + 1), 0.0),
+        lambda: node.broadcast(b"x", 0.0, message_id=b""),
+        lambda: node.send_to("", b"x", 0.0),
+        lambda: node.gossip_message(b"x", 0.0, ttl=-1),
+        lambda: node.join(["ok", 7], 0.0),  # type: ignore[list-item]
+    ):
+        with pytest.raises(ValidationError):
+            call()
+    for bad in ("", "x" * 300, "\udcff", 5):
+        with pytest.raises(ConfigurationError):
+            HyParView(bad, rng=random.Random(0))  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError):
+            Gossip(bad, rng=random.Random(0))  # type: ignore[arg-type]

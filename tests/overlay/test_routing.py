@@ -151,6 +151,12 @@ def test_messages_that_do_not_name_this_hop_are_dropped() -> None:
     assert r.receive("a", RouteRequest(b"r", "t", ("a", "me"), True), 0.0) == []
     out = r.receive("a", RouteRequest(b"r2", "t", ("a",), True), 0.0)
     assert sent_to(out) == []  # only neighbour is the sender, already on the path
+    r.neighbor_up("b", 0.0)
+    assert sent_to(r.receive("a", RouteRequest(b"r3", "t", ("a",), True), 0.0)) == ["b"]
+    # a walk that does not end with its sender is forged: dropped
+    assert r.receive("a", RouteRequest(b"r4", "t", ("zz",), True), 0.0) == []
+    assert r.receive("a", Routed(b"i", ("zz", "me", "b"), 1, b"", 0), 0.0) == []
+    assert sent_to(r.receive("a", Routed(b"i", ("a", "me", "b"), 1, b"", 0), 0.0)) == ["b"]
 
 
 def test_pending_payloads_are_bounded() -> None:
