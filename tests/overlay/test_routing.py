@@ -25,7 +25,7 @@ class Net:
 
     def __init__(self, edges: list[tuple[str, str]], **cfg) -> None:
         self.routers: dict[str, Router] = {}
-        self.tree: dict[str, set[str]] = {}
+        self.tree: dict[str, list[str]] = {}
         for a, b in edges:
             for x, y in ((a, b), (b, a)):
                 r = self.routers.setdefault(x, self._router(x, cfg))
@@ -36,7 +36,7 @@ class Net:
         self.sent = 0
 
     def _router(self, name: str, cfg: dict) -> Router:
-        return Router(name, RoutingConfig(**cfg), rng=random.Random(name), tree_peers=lambda: self.tree.get(name, set()))
+        return Router(name, RoutingConfig(**cfg), rng=random.Random(name), tree_peers=lambda: self.tree.get(name, []))
 
     def apply(self, src: str, effects: list) -> None:
         for e in effects:
@@ -89,25 +89,29 @@ def test_discovery_then_delivery_along_the_source_route() -> None:
 
 
 def test_first_discovery_uses_only_tree_links_then_floods() -> None:
-    # a square a-b-c-d-a; the "tree" leaves out c-d, so the tree route is a-b-c.
-    edges = [("a", "b"), ("b", "c"), ("c", "d"), ("d", "a")]
+    # a line a-b-c-d plus a shortcut a-x-d that is not part of the broadcast tree
+    edges = [("a", "b"), ("b", "c"), ("c", "d"), ("a", "x"), ("x", "d")]
     net = Net(edges)
-    net.tree = {"a": {"b", "d"}, "b": {"a", "c"}, "c": {"b"}, "d": {"a"}}
-    out = net.routers["a"].send_to("c", b"x", 0.0)
+    net.tree = {"a": ["b"], "b": ["a", "c"], "c": ["b", "d"], "d": ["c"], "x": []}
+    out = net.routers["a"].send_to("d", b"x", 0.0)
+    assert sent_to(out, RouteRequest) == ["b"]
     assert all(not s.message.flood for s in sends(out, RouteRequest))
     net.apply("a", out)
     net.pump()
-    assert net.routers["a"].route("c", 0.0) == ("a", "b", "c")
-    # with no tree links at all, the first attempt falls back to a flood
+    assert net.routers["a"].route("d", 0.0) == ("a", "b", "c", "d")  # along the tree
+    # with no tree links at all, the first attempt floods every link and finds the shortcut
     net2 = Net(edges)
-    out = net2.routers["a"].send_to("c", b"x", 0.0)
+    out = net2.routers["a"].send_to("d", b"x", 0.0)
     assert all(s.message.flood for s in sends(out, RouteRequest))
+    net2.apply("a", out)
+    net2.pump()
+    assert net2.routers["a"].route("d", 0.0) == ("a", "x", "d")
 
 
 def test_broken_route_returns_the_payload_and_it_is_rerouted() -> None:
     edges = LINE + [("a", "x"), ("x", "e")]
     net = Net(edges)
-    net.tree = {"a": {"b"}, "b": {"a", "c"}, "c": {"b", "d"}, "d": {"c", "e"}, "e": {"d"}}
+    net.tree = {"a": ["b"], "b": ["a", "c"], "c": ["b", "d"], "d": ["c", "e"], "e": ["d"]}
     net.send("a", "e", b"one")
     assert net.routers["a"].route("e", 0.0) == ("a", "b", "c", "d", "e")
     net.routers["c"].neighbor_down("d", 0.0)  # the link is demoted while we send
