@@ -191,9 +191,9 @@ class PlumtreeConfig:
     - ``optimization_threshold``: when a lazy link announces a message this many rounds
       earlier than the eager copy arrived, swap the two links (the paper's optimisation,
       which shortens the tree); 0 turns it off. Measured with broadcasts from random
-      origins (bench/overlay.py scenario): last delivery hop 21 (max 26) with 3 against
-      39 (max 44) with 0 at 10,000 nodes; 15 (max 18) against 17 (max 19) at 1,000. It
-      costs GRAFT/PRUNE pairs while the shared tree adapts.
+      origins (bench/overlay.py scenario): last delivery hop 26.5 (max 35) with 3
+      against 39 (max 44) with 0 at 10,000 nodes; 15 (max 18) against 17 (max 19) at
+      1,000. It costs GRAFT/PRUNE pairs while the shared tree adapts.
     """
 
     ihave_interval: float = 0.05

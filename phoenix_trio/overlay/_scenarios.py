@@ -195,11 +195,9 @@ class Cluster:
         return box[0]
 
     def send(self, origin: str, target: str, payload: bytes) -> bytes:
-        box: list[bytes] = []
         node = self.node(origin)
         mid = self.rng.randbytes(16)
         self.net.call(origin, lambda now: node.send_to(target, payload, now, message_id=mid))
-        box.append(mid)
         return mid
 
     def crash_fraction(self, fraction: float) -> list[str]:
