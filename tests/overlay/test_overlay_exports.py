@@ -68,3 +68,17 @@ def test_overlay_node_feeds_membership_events_to_the_other_cores() -> None:
     assert NeighborDown("a", "left") in out and not node.plumtree.eager and not node.gossip.peers
     assert node.receive("a", EagerPush(b"n", "o", 1, b"x"), 0.5) == []
     assert node.timer(("gossip", "round"), 1.0) == []
+
+
+def test_the_quick_tour_in_the_package_docstring_runs() -> None:
+    doc = overlay.__doc__ or ""
+    lines = []
+    for line in doc.split("Quick tour::", 1)[1].splitlines()[1:]:
+        if line and not line.startswith("    "):
+            break  # the indented block ends
+        lines.append(line[4:])
+    code = "\n".join(lines)
+    scope: dict = {}
+    exec(compile(code, "overlay-quick-tour", "exec"), scope)
+    net = scope["net"]
+    assert net.events["Deliver"] == 50  # every node, the origin included
