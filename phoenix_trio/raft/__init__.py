@@ -60,3 +60,8 @@ from ._messages import TimeoutNow as TimeoutNow
 from ._messages import VoteResponse as VoteResponse
 from ._simcluster import SimCluster as SimCluster
 from ._storage import MemoryStorage as MemoryStorage
+from ._linearizability import UNKNOWN as UNKNOWN
+from ._linearizability import CheckBudgetExceeded as CheckBudgetExceeded
+from ._linearizability import CheckResult as CheckResult
+from ._linearizability import Operation as Operation
+from ._linearizability import check_linearizable as check_linearizable

@@ -162,7 +162,7 @@ def decode(data: bytes | bytearray | memoryview, *, max_size: int = MAX_MESSAGE_
     if size > max_size:
         raise DecodeError(f"message of {size} bytes exceeds {max_size}")
     try:
-        fields = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=False, max_buffer_size=max(size, 1))
+        fields = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=False)
         return _build(fields)
     except DecodeError:
         raise

@@ -533,8 +533,9 @@ class RaftNode:
                     return
             self._out.append(SetTimer(_ELECTION, now + cfg.election_timeout))
             return
-        if self.role == FOLLOWER and now - self.last_contact < self._timeout:
-            self._out.append(SetTimer(_ELECTION, self.last_contact + self._timeout))
+        deadline = self.last_contact + self._timeout
+        if self.role == FOLLOWER and now < deadline:
+            self._out.append(SetTimer(_ELECTION, deadline))
             return
         self._timeout = self._random_timeout()
         self._out.append(SetTimer(_ELECTION, now + self._timeout))

@@ -146,7 +146,7 @@ class SimCluster:
         self.storage: dict[NodeId, MemoryStorage] = {}
         self.hosts: dict[NodeId, _Host] = {}
         self.results: dict[Any, Any] = {}
-        self.listeners: list[Callable[[NodeId, Any, float], None]] = []
+        self.listeners: list[Callable[[NodeId, Any, Any, float], None]] = []
         self.effect_handlers: dict[type, Callable[[NodeId, Any], None]] = {}
         self._ids = itertools.count(1)
         for node_id in self.members:
@@ -326,7 +326,7 @@ class SimCluster:
     def _complete(self, node_id: NodeId, request_id: Any, result: Any) -> None:
         self.results[request_id] = result
         for listener in self.listeners:
-            listener(node_id, result, self.sim.now)
+            listener(node_id, request_id, result, self.sim.now)
 
     def _on_effect(self, node_id: Hashable, effect: Any) -> None:
         kind = type(effect)
