@@ -228,7 +228,13 @@ class Nemesis:
         members = list(cluster.members)
         down = [m for m in members if not sim.is_alive(m)]
         roll = rng.random()
-        if roll < 0.2:
+        if roll < 0.1:
+            leader = cluster.leader()
+            if leader is not None:
+                rest = [m for m in members if m != leader]
+                sim.partition([leader], rest)
+                self.actions.append((now, f"isolate leader {leader}"))
+        elif roll < 0.2:
             rng.shuffle(members)
             cut = rng.randint(1, len(members) - 1)
             sim.partition(members[:cut], members[cut:])
@@ -248,7 +254,11 @@ class Nemesis:
                     leader = cluster.leader()
                     victim = leader if leader is not None else victim
                 cluster.crash(victim)
-                self.actions.append((now, f"crash {victim}"))
+                if rng.random() < 0.4:
+                    cluster.restart(victim)  # a bounce: back at once, from what was durable
+                    self.actions.append((now, f"bounce {victim}"))
+                else:
+                    self.actions.append((now, f"crash {victim}"))
         elif roll < 0.9:
             if down:
                 node = rng.choice(down)

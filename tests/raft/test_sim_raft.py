@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 
+import attrs
 import pytest
 
 from phoenix_trio.raft import LEADER, SimCluster
@@ -25,7 +26,7 @@ def run_seed(seed: int, *, fault_time: float = 3.0, verbose: bool = False) -> di
     cluster = SimCluster(
         size,
         seed=seed,
-        config=FAST,
+        config=attrs.evolve(FAST, pre_vote=rng.random() < 0.7, check_quorum=rng.random() < 0.7),
         loss=rng.choice([0.0, 0.01, 0.05]),
         duplicate=rng.choice([0.0, 0.02]),
         latency=(0.001, rng.choice([0.004, 0.02])),
