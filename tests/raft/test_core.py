@@ -121,6 +121,18 @@ def test_vote_is_persisted_before_the_reply_and_survives_a_restart() -> None:
     assert reply.granted  # the same candidate may ask again
 
 
+def test_a_vote_in_the_current_term_is_persisted_too() -> None:
+    storage = MemoryStorage()
+    n = make("c", storage=storage)
+    persist_then(n.receive("a", AppendEntries(2, 0, 0, (Entry(2, 1),), 0), 1.0), storage)
+    # term 3: b's log is too short (rejected, term now 3), then a asks in the same term
+    persist_then(n.receive("b", RequestVote(3, 0, 0), 9.0), storage)
+    effects = persist_then(n.receive("a", RequestVote(3, 1, 2), 9.0), storage)
+    [(_, reply)] = sends(effects, VoteResponse)
+    assert reply.granted
+    assert storage.state.term == 3 and storage.state.vote == "a"
+
+
 def test_vote_requires_an_up_to_date_log() -> None:
     n = make("c")
     n.receive("a", AppendEntries(1, 0, 0, (Entry(1, 1), Entry(1, 2)), 0), 1.0)
