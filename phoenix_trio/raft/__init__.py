@@ -65,3 +65,4 @@ from ._linearizability import CheckBudgetExceeded as CheckBudgetExceeded
 from ._linearizability import CheckResult as CheckResult
 from ._linearizability import Operation as Operation
 from ._linearizability import check_linearizable as check_linearizable
+from ._wal import WriteAheadLog as WriteAheadLog

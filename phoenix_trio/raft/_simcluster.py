@@ -10,6 +10,9 @@ Restarts rebuild the node from exactly what was made durable.
 The façade calls (``propose_value``, ``read_consensus_value``) inject a command and run
 the simulation until its answer arrives. ``check=True`` runs :class:`SafetyChecker` after
 every event; ``codec=True`` passes every message through ``encode``/``decode``.
+``storage(node_id)`` makes a node's durable store: anything with ``apply(effect)`` (make one
+persist effect durable) and ``load() -> DurableState`` (called at every (re)start);
+the default is :class:`MemoryStorage`.
 """
 
 from __future__ import annotations
@@ -133,6 +136,7 @@ class SimCluster:
         check: bool = True,
         codec: bool = False,
         members: Iterable[NodeId] | None = None,
+        storage: Callable[[NodeId], Any] | None = None,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed * 7919 + 17)
@@ -143,7 +147,8 @@ class SimCluster:
         self.checker = SafetyChecker() if check else None
         self.sim = Simulation(seed=seed, latency=latency, loss=loss, duplicate=duplicate, on_effect=self._on_effect)
         self.members: tuple[NodeId, ...] = tuple(members) if members is not None else tuple(f"n{i}" for i in range(size))
-        self.storage: dict[NodeId, MemoryStorage] = {}
+        self.storage: dict[NodeId, Any] = {}
+        self._storage_factory = storage or (lambda node_id: MemoryStorage())
         self.hosts: dict[NodeId, _Host] = {}
         self.results: dict[Any, Any] = {}
         self.listeners: list[Callable[[NodeId, Any, Any, float], None]] = []
@@ -156,7 +161,9 @@ class SimCluster:
 
     def start_node(self, node_id: NodeId, *, members: Iterable[NodeId] = ()) -> RaftNode:
         """Start (or restart, from its durable state) ``node_id``. New joiners use ``members=()``."""
-        storage = self.storage.setdefault(node_id, MemoryStorage())
+        storage = self.storage.get(node_id)
+        if storage is None:
+            storage = self.storage[node_id] = self._storage_factory(node_id)
         host = _Host(self, None)  # type: ignore[arg-type]
         node = RaftNode(
             node_id,
