@@ -66,3 +66,6 @@ from ._linearizability import CheckResult as CheckResult
 from ._linearizability import Operation as Operation
 from ._linearizability import check_linearizable as check_linearizable
 from ._wal import WriteAheadLog as WriteAheadLog
+from ._tob import DeliveriesSkipped as DeliveriesSkipped
+from ._tob import Deliver as Deliver
+from ._tob import TotalOrderGroup as TotalOrderGroup
