@@ -103,12 +103,12 @@ class Workload:
         cluster = self.cluster
         target = self.hint.get(client)
         if target is None:
-            target = self.rng.choice(cluster.members)
+            target = self.rng.choice(list(cluster.hosts))
         key = self.rng.choice(self.keys)
         roll = self.rng.random()
         if roll < 0.1:
             # session read at any member: must reflect this client's own writes
-            target = self.rng.choice(cluster.members)
+            target = self.rng.choice(list(cluster.hosts))
             rid = cluster.submit_read(target, key, "session", self.session_index.get(client, 0))
             self.session_reads[rid] = (client, self.session_index.get(client, 0))
         else:
@@ -201,6 +201,35 @@ def propose_until_committed(cluster: SimCluster, command: Any, *, deadline: floa
     raise AssertionError(f"nothing committed by t={deadline}: {last_error!r}")
 
 
+def change_until_committed(cluster: SimCluster, *, deadline: float, add: Any = None, remove: Any = None) -> int:
+    """Retry a one-server membership change at whoever leads until it commits; return its index."""
+    from phoenix_trio.raft import ConfigChangeInProgress
+
+    attempt = 0
+    while cluster.sim.now < deadline:
+        attempt += 1
+        leader = cluster.leader()
+        if leader is None:
+            cluster.run(0.05)
+            continue
+        voters = cluster.node(leader).voters
+        if (add is not None and add in voters) or (remove is not None and remove not in voters):
+            cluster.run(0.05)  # appended by an earlier attempt: wait for it to commit
+            if all(cluster.node(leader).commit >= cluster.node(leader)._config_index() for _ in [0]):
+                return cluster.node(leader)._config_index()
+            continue
+        rid = ("config", add, remove, attempt)
+        cluster.submit(leader, rid, lambda n, t: n.change_membership(rid, t, add=add, remove=remove))
+        cluster.run_until(lambda: type(cluster.results.get(rid)) in (ProposalResult, _Failed), timeout=1.0)
+        result = cluster.results.get(rid)
+        if type(result) is ProposalResult and result.error is None:
+            return result.index
+        if type(result) is _Failed and not isinstance(result.error, (NotLeader, ConfigChangeInProgress)):
+            raise result.error
+        cluster.run(0.05)
+    raise AssertionError(f"membership change add={add} remove={remove} did not commit by {deadline}")
+
+
 class Nemesis:
     """Every so often: partition (symmetric or one-way), crash, restart, heal, or move leadership."""
 
@@ -225,7 +254,7 @@ class Nemesis:
 
     def _act(self, now: float) -> None:
         cluster, rng, sim = self.cluster, self.rng, self.cluster.sim
-        members = list(cluster.members)
+        members = list(cluster.hosts)
         down = [m for m in members if not sim.is_alive(m)]
         roll = rng.random()
         if roll < 0.1:
@@ -276,6 +305,6 @@ class Nemesis:
         self.active = False
         sim = self.cluster.sim
         sim.heal()
-        for member in self.cluster.members:
+        for member in list(self.cluster.hosts):
             if not sim.is_alive(member):
                 self.cluster.restart(member)

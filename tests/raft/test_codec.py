@@ -115,7 +115,7 @@ def test_damaged_messages_decode_or_raise_decode_error(msg, draw) -> None:
 
 
 @given(st.lists(st.one_of(st.integers(-3, 20), data, st.lists(data, max_size=3)), max_size=9))
-@settings(max_examples=800)
+@settings(max_examples=300)
 def test_well_formed_msgpack_of_the_wrong_shape_raises_decode_error(fields) -> None:
     _decode_or_error(msgpack.packb(fields, use_bin_type=True))
 
