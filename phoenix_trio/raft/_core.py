@@ -611,7 +611,9 @@ class RaftNode:
         if m.term > self.term and not m.transfer and self._in_lease(now):
             return  # a live leader: ignore the disruptive candidate (no term change, no reply)
         if m.pre_vote:
-            heard_recently = self.leader is not None and now - self.last_contact < self.config.election_timeout
+            heard_recently = self.role == LEADER or (
+                self.leader is not None and now - self.last_contact < self.config.election_timeout
+            )
             grant = m.term > self.term and not heard_recently and self._log_ok(m.last_index, m.last_term)
             self._send(sender, VoteResponse(m.term if grant else self.term, grant, True))
             return
