@@ -31,6 +31,8 @@ def run_seed(seed: int, *, fault_time: float = 5.0, verbose: bool = False) -> di
         duplicate=rng.choice([0.0, 0.02]),
         latency=(0.001, rng.choice([0.004, 0.02])),
         codec=seed % 4 == 0,
+        # slow disks in some seeds: a wide window in which a crash loses unsynced writes
+        fsync_delay=rng.choice([(0.0002, 0.002), (0.002, 0.03)]),
     )
     workload = Workload(cluster, random.Random(rng.getrandbits(64)), clients=rng.choice([2, 3, 4]))
     nemesis = Nemesis(cluster, random.Random(rng.getrandbits(64)))
