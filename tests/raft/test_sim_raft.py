@@ -20,7 +20,7 @@ from .harness import FAST, Nemesis, Workload, propose_until_committed
 FAST_SEEDS = 500
 
 
-def run_seed(seed: int, *, fault_time: float = 5.0, verbose: bool = False) -> dict:
+def run_seed(seed: int, *, fault_time: float = 8.0, verbose: bool = False) -> dict:
     rng = random.Random(seed)
     size = rng.choice([3, 3, 5])
     cluster = SimCluster(
