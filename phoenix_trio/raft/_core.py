@@ -987,7 +987,14 @@ class RaftNode:
             index = self.applied + 1
             entry = log.entry(index)
             self.applied = index
-            result = sm.apply(index, entry.data) if entry.kind == ENTRY_COMMAND else None
+            if entry.kind == ENTRY_COMMAND:
+                try:
+                    result = sm.apply(index, entry.data)
+                except Exception as exc:  # the same on every replica: an answer, not a crash
+                    _log.warning("%s: state machine raised applying index %d: %r", self.id, index, exc)
+                    result = exc
+            else:
+                result = None
             if on_apply is not None:
                 on_apply(entry)
             if proposals:

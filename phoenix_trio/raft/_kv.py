@@ -19,7 +19,12 @@ class StateMachine(Protocol):
     """What a Raft node drives. ``apply`` sees each committed command once, in log order."""
 
     def apply(self, index: int, command: Any) -> Any:
-        """Apply the committed ``command`` at log ``index``; the return value goes to the proposer."""
+        """Apply the committed ``command`` at log ``index``; the return value goes to the proposer.
+
+        It must be deterministic. An exception it raises is logged and handed to the
+        proposer as the result (every replica raises the same one); state changes made
+        before raising stay, so prefer returning errors.
+        """
 
     def query(self, query: Any) -> Any:
         """Answer a read without changing state."""

@@ -212,11 +212,12 @@ def change_until_committed(cluster: SimCluster, *, deadline: float, add: Any = N
         if leader is None:
             cluster.run(0.05)
             continue
-        voters = cluster.node(leader).voters
-        if (add is not None and add in voters) or (remove is not None and remove not in voters):
-            cluster.run(0.05)  # appended by an earlier attempt: wait for it to commit
-            if all(cluster.node(leader).commit >= cluster.node(leader)._config_index() for _ in [0]):
-                return cluster.node(leader)._config_index()
+        node = cluster.node(leader)
+        if (add is not None and add in node.voters) or (remove is not None and remove not in node.voters):
+            # appended by an earlier attempt (whose answer was lost): wait until it commits
+            if node.commit >= node._config_index():
+                return node._config_index()
+            cluster.run(0.05)
             continue
         rid = ("config", add, remove, attempt)
         cluster.submit(leader, rid, lambda n, t: n.change_membership(rid, t, add=add, remove=remove))

@@ -386,3 +386,19 @@ def test_timers_are_requested_not_read() -> None:
     n.receive("b", Heartbeat(1, 0, 1), 1.0)
     effects = n.timer("raft.election", timer.deadline)
     assert n.role == FOLLOWER and [type(e) for e in effects] == [SetTimer]
+
+
+def test_a_raising_state_machine_answers_the_proposer_and_keeps_going() -> None:
+    class Fussy(KVStateMachine):
+        def apply(self, index, command):
+            if command == "boom":
+                raise RuntimeError("boom")
+            return super().apply(index, command)
+
+    n = RaftNode("a", members=("a",), state_machine=Fussy(), rng=random.Random(1), config=CFG)
+    n.start(0.0)
+    n.timer("raft.election", 5.0)
+    [result] = [e for e in n.propose("p1", "boom", 5.0) if type(e) is ProposalResult]
+    assert isinstance(result.result, RuntimeError) and result.error is None
+    [result] = [e for e in n.propose("p2", ["put", "x", 1], 5.0) if type(e) is ProposalResult]
+    assert result.error is None and n.sm.query("x") == 1

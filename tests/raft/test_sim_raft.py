@@ -17,7 +17,7 @@ from phoenix_trio.raft import LEADER, SimCluster
 
 from .harness import FAST, Nemesis, Workload, propose_until_committed
 
-FAST_SEEDS = 500
+FAST_SEEDS = 1000
 
 
 def run_seed(seed: int, *, fault_time: float = 8.0, verbose: bool = False) -> dict:
@@ -39,7 +39,7 @@ def run_seed(seed: int, *, fault_time: float = 8.0, verbose: bool = False) -> di
     cluster.run(fault_time)
     nemesis.stop_and_heal()
     # liveness: a leader within a few election timeouts, and a proposal commits
-    timeout = cluster.config.election_timeout * 8
+    timeout = cluster.config.election_timeout * 5  # observed: at most ~2.6 over 300 seeds
     leader = cluster.wait_for_leader(timeout=timeout)
     committed = propose_until_committed(cluster, ["put", "liveness", seed], deadline=cluster.sim.now + 2.0)
     assert committed.index > 0
@@ -76,9 +76,9 @@ def _run(seed: int) -> None:
         raise
 
 
-@pytest.mark.parametrize("block", range(10))
+@pytest.mark.parametrize("block", range(20))
 def test_simulated_seeds(block: int) -> None:
-    per_block = FAST_SEEDS // 10
+    per_block = FAST_SEEDS // 20
     for seed in range(block * per_block, (block + 1) * per_block):
         _run(seed)
 
