@@ -13,6 +13,21 @@ from .harness import FAST, Nemesis, Workload, change_until_committed, propose_un
 
 @pytest.mark.parametrize("seed", range(16))
 def test_add_and_remove_servers_under_faults(seed: int) -> None:
+    membership_run(seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block", range(5))
+def test_add_and_remove_servers_soak(block: int) -> None:
+    for seed in range(1000 + block * 100, 1000 + (block + 1) * 100):
+        try:
+            membership_run(seed)
+        except BaseException:
+            print(f"\nFAILING MEMBERSHIP SEED: {seed}")
+            raise
+
+
+def membership_run(seed: int) -> None:
     rng = random.Random(seed)
     cluster = SimCluster(3, seed=seed, config=FAST, loss=0.02, duplicate=0.01, codec=seed % 2 == 0)
     workload = Workload(cluster, random.Random(rng.getrandbits(64)))

@@ -110,6 +110,21 @@ class _Wire:
 
 @pytest.mark.parametrize("seed", range(12))
 def test_every_member_delivers_in_one_order_under_faults(seed: int) -> None:
+    tob_run(seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("block", range(5))
+def test_total_order_soak(block: int) -> None:
+    for seed in range(1000 + block * 100, 1000 + (block + 1) * 100):
+        try:
+            tob_run(seed)
+        except BaseException:
+            print(f"\nFAILING TOTAL-ORDER SEED: {seed}")
+            raise
+
+
+def tob_run(seed: int) -> None:
     g = Group(seed, size=3 if seed % 2 else 5)
     rng = random.Random(seed + 1000)
     for step in range(60):
