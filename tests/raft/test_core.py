@@ -402,3 +402,44 @@ def test_a_raising_state_machine_answers_the_proposer_and_keeps_going() -> None:
     assert isinstance(result.result, RuntimeError) and result.error is None
     [result] = [e for e in n.propose("p2", ["put", "x", 1], 5.0) if type(e) is ProposalResult]
     assert result.error is None and n.sm.query("x") == 1
+
+
+def test_single_member_strong_read_needs_no_round_and_cancelled_reads_stay_silent() -> None:
+    n = make(members=("a",))
+    n.start(0.0)
+    n.timer("raft.election", 5.0)
+    n.propose("p", ["put", "x", 1], 5.0)
+    [result] = n.read("r", "x", 5.0)
+    assert result.value == 1 and result.index == n.applied
+    f = make("c")
+    assert f.read("s", "x", 1.0, consistency="session", session_index=5) == []
+    f.cancel_read("s")
+    effects = f.receive("a", AppendEntries(1, 0, 0, tuple(Entry(1, i) for i in range(1, 6)), 5), 1.0)
+    assert not [e for e in effects if type(e) is ReadResult]
+
+
+def test_out_of_order_snapshot_chunks_are_refused_with_the_wanted_offset() -> None:
+    f = make("c")
+    reply = lambda effects: sends(effects, SnapshotResponse)[0][1]  # noqa: E731
+    assert reply(f.receive("a", InstallSnapshot(1, 9, 1, ("a", "b", "c"), 4, b"late", False), 1.0)).offset == 0
+    assert reply(f.receive("a", InstallSnapshot(1, 9, 1, ("a", "b", "c"), 0, b"abcd", False), 1.0)).offset == 4
+    r = reply(f.receive("a", InstallSnapshot(1, 9, 1, ("a", "b", "c"), 8, b"gap!", False), 1.0))
+    assert (r.offset, r.done) == (4, False)
+    assert f.applied == 0
+
+
+def test_membership_and_transfer_arguments_are_checked() -> None:
+    n = make()
+    elect(n, 10.0)
+    n.receive("b", AppendResponse(n.term, True, 1), 10.0)
+    with pytest.raises(ConfigurationError):
+        n.change_membership("m", 10.0)
+    with pytest.raises(ConfigurationError):
+        n.change_membership("m", 10.0, add="d", remove="b")
+    with pytest.raises(ConfigurationError):
+        n.change_membership("m", 10.0, remove="zz")
+    with pytest.raises(ConfigurationError):
+        n.transfer_leadership("zz", 10.0)
+    assert n.transfer_leadership("a", 10.0) == []  # already the leader
+    assert n.propose_batch([], 10.0) == []
+
