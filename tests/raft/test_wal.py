@@ -223,3 +223,36 @@ def test_random_crash_points_recover_a_prefix_of_the_synced_history(tmp_path: Pa
         state = WriteAheadLog.open(d).state
         # whatever survived is the state at some sync point (or nothing at all)
         assert same(state, DurableState()) or any(same(state, s) for s in synced_states), cut
+
+
+def test_a_crash_during_the_rewrite_after_a_snapshot_recovers_the_same_state(tmp_path: Path) -> None:
+    ref = tmp_path / "ref"
+    wal = WriteAheadLog.open(ref)
+    wal.persist([Persist(1, "a", entries(1, 8))])
+    old_segment = next(ref.glob("wal-*.log"))
+    old_bytes_before = old_segment.read_bytes()
+    snap = Snapshot(5, 1, ("a",), b"snapshot-state")
+    wal.persist([PersistSnapshot(snap)])  # marker synced into the old segment, then a new segment
+    expected = wal.load()
+    wal.close()
+    [new_segment] = ref.glob("wal-*.log")
+    assert new_segment.name != old_segment.name
+    new_bytes = new_segment.read_bytes()
+    snap_file = next(ref.glob("*.snap"))
+    # the old segment as it was on disk at the moment of the rewrite: its records plus the marker
+    marker_len = len(_marker_record(snap, snap_file.name))
+    old_bytes = old_bytes_before + _marker_record(snap, snap_file.name)
+    assert marker_len > 8
+    for cut in range(0, len(new_bytes) + 1):
+        d = tmp_path / f"cut{cut}"
+        d.mkdir()
+        (d / old_segment.name).write_bytes(old_bytes)
+        (d / new_segment.name).write_bytes(new_bytes[:cut])
+        (d / snap_file.name).write_bytes(snap_file.read_bytes())
+        assert same(WriteAheadLog.open(d).state, expected), cut
+
+
+def _marker_record(snap: Snapshot, name: str) -> bytes:
+    from phoenix_trio.raft._wal import _R_SNAPSHOT, _record
+
+    return _record(_R_SNAPSHOT, [snap.index, snap.term, True, name])
