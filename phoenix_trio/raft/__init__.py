@@ -6,7 +6,8 @@ The public names are re-exported here; the modules behind them are private. See
 - :class:`RaftNode` (the sans-IO core), :class:`RaftConfig`, :class:`DurableState`, :class:`Status`
 - the effects it emits beyond ``Send``/``SetTimer``/``CancelTimer`` (``Persist`` ... ``RoleChanged``)
 - the protocol messages and their codec (:func:`encode`, :func:`decode`)
-- :class:`WriteAheadLog` (files, batched fsync) and :class:`MemoryStorage`
+- :class:`WriteAheadLog` (files, batched fsync), :class:`MemoryStorage`, and :class:`PersistBarrier`
+  (the driver's side of the persist-before-respond contract)
 - :class:`KVStateMachine` and the :class:`StateMachine` protocol
 - :class:`TotalOrderGroup`: total-order broadcast on the log
 - :class:`SimCluster`: a cluster in the deterministic simulation with a synchronous façade
@@ -16,6 +17,7 @@ The public names are re-exported here; the modules behind them are private. See
 from ._api import Committed as Committed
 from ._api import Queued as Queued
 from ._api import Session as Session
+from ._barrier import PersistBarrier as PersistBarrier
 from ._codec import decode as decode
 from ._codec import encode as encode
 from ._codec import MAX_MESSAGE_SIZE as MAX_MESSAGE_SIZE

@@ -26,6 +26,7 @@ from .._errors import NotLeader, RequestTimeout
 from ..effects import SetTimer
 from ..sim import Simulation
 from ._api import Committed, Queued, Session
+from ._barrier import PersistBarrier
 from ._codec import decode, encode
 from ._core import EVENTUAL, LEADER, SESSION, STRONG, RaftConfig, RaftNode
 from ._effects import Persist, PersistSnapshot, ProposalQueued, ProposalResult, ReadResult, RoleChanged
@@ -47,12 +48,13 @@ class _Failed:
 
 
 class _Host:
-    """Wraps one RaftNode for the simulation: holds effects behind unsynced persists."""
+    """Wraps one RaftNode for the simulation: a :class:`PersistBarrier` holds effects
+    behind unsynced persists until a simulated fsync completes."""
 
     def __init__(self, cluster: SimCluster, node: RaftNode) -> None:
         self.cluster = cluster
         self.node = node
-        self.held: list[Any] = []
+        self.barrier = PersistBarrier()
         self.fsync_armed = False
         self.applies: list[Entry] = []
 
@@ -70,7 +72,10 @@ class _Host:
     def timer(self, key: Hashable, now: float) -> list[Any]:
         if key == _FSYNC:
             self.fsync_armed = False
-            released, self.held = self.held, []
+            storage = self.cluster.storage[self.node.id]
+            for effect in self.barrier.persists():
+                storage.apply(effect)
+            released = self.barrier.synced()
             self._visible()
             return released
         return self._filter(self.node.timer(key, now), now)
@@ -79,24 +84,17 @@ class _Host:
         return self._filter(fn(), now)
 
     def _filter(self, effects: list[Any], now: float) -> list[Any]:
-        held = self.held
         checker = self.cluster.checker
-        out = []
-        for effect in effects:
-            kind = type(effect)
-            if kind is Persist or kind is PersistSnapshot:
-                if checker is not None:
+        if checker is not None:
+            for effect in effects:
+                if type(effect) is Persist:
                     checker.persisted(self.node, effect)
-                held.append(effect)
-            elif held:
-                held.append(effect)
-            else:
-                out.append(effect)
-        if held:
+        out = self.barrier.feed(effects)
+        if self.barrier.pending:
             if not self.fsync_armed:
                 self.fsync_armed = True
                 low, high = self.cluster.fsync_delay
-                out.append(SetTimer(_FSYNC, now + self.cluster.rng.uniform(low, high)))
+                out = [*out, SetTimer(_FSYNC, now + self.cluster.rng.uniform(low, high))]
         else:
             self._visible()
         return out
@@ -114,8 +112,7 @@ class _Host:
 
     def crash(self, rng: random.Random) -> list[Any]:
         """The persists that reached the disk anyway: a random prefix of the unsynced ones."""
-        persists = [e for e in self.held if type(e) is Persist or type(e) is PersistSnapshot]
-        self.held = []
+        persists = self.barrier.crash()
         return persists[: rng.randint(0, len(persists))]
 
 
