@@ -12,7 +12,6 @@ from typing import Any
 from phoenix_trio import NotLeader
 from phoenix_trio.effects import SetTimer
 from phoenix_trio.raft import (
-    LEADER,
     UNKNOWN,
     Operation,
     ProposalDropped,

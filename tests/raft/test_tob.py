@@ -6,7 +6,6 @@ import random
 
 import pytest
 
-from phoenix_trio.effects import SetTimer
 from phoenix_trio.raft import (
     Deliver,
     DeliveriesSkipped,
@@ -169,7 +168,7 @@ def test_a_lagging_member_that_installs_a_snapshot_reports_the_gap() -> None:
     g.sim.run(1.0)
     g.sim.crash("m2")
     for i in range(60):
-        g.broadcast(rng_member := ("m0" if i % 2 else "m1"), i)  # noqa: F841
+        g.broadcast("m0" if i % 2 else "m1", i)
         g.sim.run(g.sim.now + 0.01)
     g.sim.run(g.sim.now + 1.0)
     g.start("m2")
