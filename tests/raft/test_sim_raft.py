@@ -27,23 +27,29 @@ FAST_SEEDS = 1000
 def run_seed(seed: int, *, fault_time: float = 8.0, verbose: bool = False) -> dict:
     rng = random.Random(seed)
     size = rng.choice([3, 3, 5])
+    config = attrs.evolve(FAST, pre_vote=rng.random() < 0.7, check_quorum=rng.random() < 0.7)
+    # slow disks in some seeds: a wide window in which a crash loses unsynced writes. Raft
+    # needs broadcast time (fsync + round trip + fsync) well below the election timeout,
+    # so those seeds use longer timeouts, as a deployment on such disks would.
+    slow_disk = rng.random() < 0.5
+    if slow_disk:
+        config = attrs.evolve(config, election_timeout=0.4, heartbeat_interval=0.08)
     cluster = SimCluster(
         size,
         seed=seed,
-        config=attrs.evolve(FAST, pre_vote=rng.random() < 0.7, check_quorum=rng.random() < 0.7),
+        config=config,
         loss=rng.choice([0.0, 0.01, 0.05]),
         duplicate=rng.choice([0.0, 0.02]),
         latency=(0.001, rng.choice([0.004, 0.02])),
         codec=seed % 4 == 0,
-        # slow disks in some seeds: a wide window in which a crash loses unsynced writes
-        fsync_delay=rng.choice([(0.0002, 0.002), (0.002, 0.03)]),
+        fsync_delay=(0.002, 0.03) if slow_disk else (0.0002, 0.002),
     )
     workload = Workload(cluster, random.Random(rng.getrandbits(64)), clients=rng.choice([2, 3, 4]))
     nemesis = Nemesis(cluster, random.Random(rng.getrandbits(64)))
     cluster.run(fault_time)
     nemesis.stop_and_heal()
     # liveness: a leader within a few election timeouts, and a proposal commits
-    timeout = cluster.config.election_timeout * 5  # observed: at most ~2.6 over 300 seeds
+    timeout = cluster.config.election_timeout * 6  # measured: at most 3.4 over 3000 seeds
     leader = cluster.wait_for_leader(timeout=timeout)
     committed = propose_until_committed(cluster, ["put", "liveness", seed], deadline=cluster.sim.now + 2.0)
     assert committed.index > 0
