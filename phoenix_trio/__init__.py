@@ -33,11 +33,16 @@ from ._inbox import Inbox as Inbox
 from ._inbox import InboxStatistics as InboxStatistics
 from ._membership import MemberEvent as MemberEvent
 from ._node import Agent as Agent
-from ._node import BroadcastResult as BroadcastResult
 from ._node import MemberView as MemberView
 from ._node import Node as Node
 from ._node import NodeConfig as NodeConfig
 from ._node import open_node as open_node
+from ._service import Service as Service
+from ._transport import BroadcastResult as BroadcastResult
+from ._transport import InProcessTransport as InProcessTransport
+from ._transport import TcpTransport as TcpTransport
+from ._transport import Transport as Transport
+from ._service import ServiceStatistics as ServiceStatistics
 from ._message import EXTENSION_ATTRIBUTES as EXTENSION_ATTRIBUTES
 from ._message import DeliveryGuarantee as DeliveryGuarantee
 from ._message import Message as Message

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 256 * 1024
+MAX_CONTROL_BYTES = 16 * 1024 * 1024  # service traffic buffered per peer before senders wait
 
 
 class Connection:
@@ -51,6 +52,8 @@ class Connection:
         # Entries: (message, flags) or (template, data, subject, trace parent, correlation id, flags).
         self._pending: list[tuple[Any, ...]] = []
         self._control: list[bytes] = []
+        self._control_bytes = 0
+        self._control_lot = trio.lowlevel.ParkingLot()
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._space_lot = trio.lowlevel.ParkingLot()
         self._drain_lot = trio.lowlevel.ParkingLot()
@@ -172,6 +175,9 @@ class Connection:
                     continue
             chunks = self._control
             self._control = []
+            self._control_bytes = 0
+            if self._control_lot:
+                self._control_lot.unpark_all()
             entries = self._pending
             self._pending = []
             if self._space_lot:
@@ -228,8 +234,20 @@ class Connection:
         if self.closed:
             return
         self._control.append(data)
+        self._control_bytes += len(data)
         if self._writer_lot:
             self._writer_lot.unpark_all()
+
+    def try_send_control(self, data: bytes) -> bool:
+        """Like send_control, but refuses (False) beyond MAX_CONTROL_BYTES buffered."""
+        if self.closed or self._control_bytes + len(data) > MAX_CONTROL_BYTES:
+            return False
+        self.send_control(data)
+        return True
+
+    async def wait_for_control_space(self) -> None:
+        if not self.closed:
+            await self._control_lot.park()
 
     @property
     def pending(self) -> int:
@@ -282,6 +300,7 @@ class Connection:
         self._writer_lot.unpark_all()
         self._space_lot.unpark_all()
         self._drain_lot.unpark_all()
+        self._control_lot.unpark_all()
 
     def statistics(self) -> dict[str, Any]:
         return {

@@ -48,6 +48,8 @@ from ._errors import (
 from ._ids import new_id
 from ._ids import reserve as reserve_ids
 from ._inbox import Inbox
+from ._service import Service
+from ._transport import BroadcastResult, InProcessTransport, TcpTransport, Transport, _broadcast
 from ._membership import Connect, Disconnect, MemberEvent, MemberInfo, Membership, MembershipConfig
 from ._message import (
     EMPTY,
@@ -76,6 +78,7 @@ from ._peer_protocol import (
     Members,
     PeerError,
     RequestFailed,
+    ServicePayload,
     node_id_ok,
 )
 from ._taxonomy import message_characteristics, validate_type
@@ -144,19 +147,6 @@ class NodeConfig:
     compression: bool = False
     forget_after: float = 120.0
     breaker: BreakerConfig = attrs.field(factory=BreakerConfig)
-
-
-@attrs.frozen(slots=True)
-class BroadcastResult:
-    """What a broadcast reached: acknowledged targets, failed ones and, with acks, the missing."""
-
-    delivered: frozenset[str]
-    failed: dict[str, Exception]
-    missing: frozenset[str]
-
-    @property
-    def complete(self) -> bool:
-        return not self.failed and not self.missing
 
 
 @attrs.define(slots=True)
@@ -242,6 +232,8 @@ class Node:
         self.balancer = LoadBalancer()
         self._rng = random.Random()
         self._inboxes: dict[str, Inbox] = {}
+        self._services: dict[str, Service] = {}
+        self.transports: dict[str, Transport] = {"in-process": InProcessTransport(self), "tcp": TcpTransport(self)}
         self._connections: dict[str, Connection] = {}
         self._all_connections: set[Connection] = set()
         self._pending_requests: dict[str, _PendingRequest] = {}
@@ -259,7 +251,7 @@ class Node:
         self._timer_wakeup = trio.lowlevel.ParkingLot()
         self._sends_since_yield = 0
         self.closed = False
-        self.stats = {"sent": 0, "received": 0, "dropped_unknown_agent": 0, "encode_failures": 0, "protocol_errors": 0}
+        self.stats = {"sent": 0, "received": 0, "dropped_unknown_agent": 0, "encode_failures": 0, "protocol_errors": 0, "dropped_unknown_service": 0}
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -330,6 +322,21 @@ class Node:
             if not self.closed:
                 self._broadcast_agents([AgentUpdate(agent_id, group, False)])
             self._notify_changed()
+
+    # -- services -------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def service(self, name: str, *, capacity: int = 1024) -> AsyncIterator[Service]:
+        """Open the named node-to-node channel (see :mod:`phoenix_trio._service`) for the block."""
+        if name in self._services:
+            raise ConfigurationError(f"service {name!r} is already open on this node")
+        service = Service(self, name, capacity)
+        self._services[name] = service
+        try:
+            yield service
+        finally:
+            self._services.pop(name, None)
+            service.close()
 
     # -- sending ------------------------------------------------------------------------
 
@@ -421,12 +428,24 @@ class Node:
         await self._deliver(agent_id, node, template, data, None, 0, wait)
 
     async def send_message(self, target: str, message: Message, *, wait: bool = True) -> None:
-        """Send a Message built by the caller (validated first) to ``target``."""
-        validate_message(message)
-        agent_id, node = self._route(target)
-        if message.subject != agent_id:
-            message = message.evolve(subject=agent_id)
-        await self._deliver_message(agent_id, node, message, 0, wait)
+        """Send a Message built by the caller (validated first) to ``target``, through the
+        transport that reaches it (see :mod:`phoenix_trio._transport`)."""
+        _, node = self._route(target)
+        await self.transport_for(node).send_message(target, message, wait=wait)
+
+    async def broadcast_message(
+        self, targets: Sequence[str], message: Message, *, delivery_mode: str = "async", timeout: float | None = None
+    ) -> BroadcastResult:
+        """One caller-built Message to several agents, each through the transport that reaches it."""
+        timeout = self.config.request_timeout if timeout is None else timeout
+        return await _broadcast(self, None, targets, message, delivery_mode, timeout)
+
+    def transport_for(self, node: str | None) -> Transport:
+        """The transport that reaches agents on ``node`` (None: this node)."""
+        for transport in self.transports.values():
+            if transport.reaches(node):
+                return transport
+        raise NodeUnreachable(node or self.id, "no transport reaches it")
 
     def _route(self, target: str) -> tuple[str, str | None]:
         """(agent id, node id or None for local) for an agent or group ``target``."""
@@ -891,6 +910,12 @@ class Node:
     async def _on_peer_event(self, connection: Connection, event: object) -> None:
         if isinstance(event, DataBatch):
             await self._on_data(connection, event)
+        elif isinstance(event, ServicePayload):
+            service = self._services.get(event.name)
+            if service is None:
+                self.stats["dropped_unknown_service"] += 1
+            elif not service._offer(connection.peer_id, event.payload):
+                await self._wait_for_service(connection, service, event.payload)
         elif isinstance(event, Heartbeat):
             pass
         elif isinstance(event, Agents):
@@ -977,6 +1002,15 @@ class Node:
                 done = [ack for ack in acks if ack[1] == agent_id]
                 if done:
                     connection.send_control(connection.protocol.acks(done))
+
+    async def _wait_for_service(self, connection: Connection, service: Service, payload: bytes) -> None:
+        assert self._membership is not None
+        peer = connection.peer_id
+        self._membership.stall(peer, True, trio.current_time())
+        try:
+            await service._put(peer, payload)
+        finally:
+            self._membership.stall(peer, False, trio.current_time())
 
     async def _wait_for_room(self, connection: Connection, inbox: Inbox, messages: list[Message]) -> None:
         """A full inbox: stop reading from this peer (backpressure) until there is room."""

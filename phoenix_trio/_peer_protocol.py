@@ -11,7 +11,7 @@ Frames (the C core's format, CRC32C checked) travel on two channels:
 
 - channel 0, ``CONTROL`` flag: control messages, each a MessagePack array whose first
   element is a tag: HELLO, HEARTBEAT, GOODBYE, MEMBERS, AGENTS, ERROR, REQUEST_FAILED,
-  ACKS. The first frame each side sends is HELLO (protocol version, cluster name, node
+  ACKS, SERVICE (a payload for a named node-to-node service). The first frame each side sends is HELLO (protocol version, cluster name, node
   id, incarnation, listen address, features); nothing else is accepted before it.
 - channel 1: data. A frame's payload is one MessagePack array of items, so one frame
   (and one ``send_all``) carries up to :data:`MAX_BATCH` messages. Items are
@@ -98,6 +98,7 @@ class Tag(enum.IntEnum):
     ERROR = 6
     REQUEST_FAILED = 7
     ACKS = 8
+    SERVICE = 9
 
 
 class State(enum.Enum):
@@ -164,6 +165,14 @@ class RequestFailed:
 @attrs.frozen(slots=True)
 class Acks:
     acks: list[tuple[str, str]]  # correlation id, agent id
+
+
+@attrs.frozen(slots=True)
+class ServicePayload:
+    """A payload for the named node-to-node service (see :mod:`phoenix_trio._service`)."""
+
+    name: str
+    payload: bytes
 
 
 @attrs.frozen(slots=True)
@@ -414,6 +423,9 @@ class PeerProtocol:
     def acks(self, acks: list[tuple[str, str]]) -> bytes:
         return self._control([Tag.ACKS, [list(a) for a in acks]])
 
+    def service(self, name: str, payload: bytes) -> bytes:
+        return self._control([Tag.SERVICE, name, payload])
+
     def error_bytes(self, error: Exception) -> bytes:
         """A final ERROR frame telling the peer why we close."""
         return self._control([Tag.ERROR, type(error).__name__, str(error)[:500]])
@@ -562,6 +574,10 @@ class PeerProtocol:
                     raise _fail("agent entry must be [agent_id, group, up]")
                 updates.append(AgentUpdate(_str(entry[0], "agent id", limit=256), _str(entry[1], "group", limit=256, optional=True), entry[2]))
             return Agents(message[1], updates)
+        if tag == Tag.SERVICE and len(message) == 3:
+            if type(message[2]) is not bytes:
+                raise _fail("service payload must be bytes")
+            return ServicePayload(_str(message[1], "service name", limit=64), message[2])
         if tag == Tag.ERROR and len(message) == 3:
             return PeerError(str(message[1])[:100], str(message[2])[:500])
         if tag == Tag.REQUEST_FAILED and len(message) == 4:

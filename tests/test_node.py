@@ -253,3 +253,22 @@ async def test_unencodable_data_is_refused_at_send_time() -> None:
             await a.wait_for_agent("inbox", timeout=5)
             with pytest.raises(px.EncodeError):
                 await a.send("inbox", object())
+
+
+async def test_transport_interface_send_and_broadcast_with_acks() -> None:
+    async with cluster(2) as (a, b):
+        async with a.agent("here") as here, b.agent("there") as there:
+            await a.wait_for_agent("there", timeout=5)
+            assert isinstance(a.transport_for(None), px.InProcessTransport)
+            assert isinstance(a.transport_for("n1"), px.TcpTransport)
+            m = Message.new({"x": 1}, type="phoenix.agent.event.publish")
+            await a.transports["tcp"].send_message("there", m)
+            assert (await there.receive()).id == m.id
+            with pytest.raises(NodeUnreachable):
+                await a.transports["tcp"].send_message("here", m)  # tcp does not reach local agents
+            result = await a.transports["tcp"].broadcast_message(["there", "here"], m, delivery_mode="sync", timeout=5)
+            assert result.delivered == {"there"} and set(result.failed) == {"here"}
+            result = await a.broadcast_message(["there", "here"], m, delivery_mode="sync", timeout=5)
+            assert result.complete and result.delivered == {"there", "here"}
+            got = [await there.receive(), await here.receive()]
+            assert all(g.data == {"x": 1} and g.type == "phoenix.agent.event.publish" for g in got)
