@@ -40,6 +40,7 @@ from ._errors import (
     AgentNotFound,
     Backpressure,
     ConfigurationError,
+    DeliveryFailed,
     EncodeError,
     NodeUnreachable,
     ProtocolError,
@@ -47,7 +48,13 @@ from ._errors import (
 )
 from ._ids import new_id
 from ._ids import reserve as reserve_ids
-from ._inbox import Inbox
+from ._dedup_log import DedupLog
+from ._delivery import ACCEPT as STREAM_ACCEPT
+from ._delivery import ALO, EO, SEQ_MASK, DeliveryTracker, ExactlyOnceStreams, Failed, Outstanding, Resend, pack_dseq, unpack_dseq
+from ._delivery import DUPLICATE_QUEUED as STREAM_DUPLICATE_QUEUED
+from ._delivery import DUPLICATE_TAKEN as STREAM_DUPLICATE_TAKEN
+from ._inbox import HANDLED, TAKEN, Inbox
+from ._retry import RetryPolicy
 from ._service import Service
 from ._transport import BroadcastResult, InProcessTransport, TcpTransport, Transport, _broadcast
 from ._membership import Connect, Disconnect, MemberEvent, MemberInfo, Membership, MembershipConfig
@@ -65,6 +72,8 @@ from ._message import (
 )
 from ._peer_protocol import (
     FLAG_ACK,
+    FLAG_ALO,
+    FLAG_EO,
     FLAG_REPLY,
     FLAG_REQUEST,
     SendTemplate,
@@ -72,6 +81,7 @@ from ._peer_protocol import (
     AgentUpdate,
     Agents,
     DataBatch,
+    Delivered,
     Goodbye,
     Heartbeat,
     Hello,
@@ -100,6 +110,7 @@ SEND_YIELD_EVERY = 128
 Address = tuple[str, int]
 
 
+_MODE_FLAGS = {"at_least_once": FLAG_ALO, "exactly_once": FLAG_EO}
 _WIRE_TYPES = frozenset({bytes, str, int, float, bool, type(None), dict, list, tuple})
 
 
@@ -147,6 +158,35 @@ class NodeConfig:
     compression: bool = False
     forget_after: float = 120.0
     breaker: BreakerConfig = attrs.field(factory=BreakerConfig)
+    data_dir: str | None = None  # where durable state lives (the exactly-once log); None: memory only
+    dedup_window: float = 120.0  # exactly-once de-duplication window, seconds (NATS JetStream's default)
+    fsync: str = "interval"  # exactly-once log: "interval", "always" or "never" (see _dedup_log)
+    fsync_interval: float = 0.05
+    delivery_window: int = 65536  # reliable messages outstanding per (target node, agent) before send waits
+    retry_base: float = 0.05  # first backoff step, seconds
+    retry_cap: float = 10.0  # longest backoff, seconds
+
+
+class _Receipt:
+    """The outcome of one reliable delivery, for callers that wait for it."""
+
+    __slots__ = ("_event", "_error")
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self._error: Exception | None = None
+
+    def succeed(self) -> None:
+        self._event.set()
+
+    def fail(self, error: Exception) -> None:
+        self._error = error
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+        if self._error is not None:
+            raise self._error
 
 
 @attrs.define(slots=True)
@@ -250,8 +290,18 @@ class Node:
         self._timer_deadline = math.inf
         self._timer_wakeup = trio.lowlevel.ParkingLot()
         self._sends_since_yield = 0
+        self._tracker = DeliveryTracker(rng=self._rng, window=config.delivery_window)
+        self._tracker_room = trio.lowlevel.ParkingLot()
+        self._retransmit_deadline = math.inf
+        self._retransmit_wakeup = trio.lowlevel.ParkingLot()
+        self._eo_streams = ExactlyOnceStreams(window=config.dedup_window)
+        self._dedup_log: DedupLog | None = None
+        self._fsync_waiters: list[tuple[Connection, str, int]] = []
         self.closed = False
-        self.stats = {"sent": 0, "received": 0, "dropped_unknown_agent": 0, "encode_failures": 0, "protocol_errors": 0, "dropped_unknown_service": 0}
+        self.stats = {
+            "sent": 0, "received": 0, "dropped_unknown_agent": 0, "encode_failures": 0, "protocol_errors": 0, "dropped_unknown_service": 0,
+            "retransmitted": 0, "delivery_failures": 0, "duplicates_dropped": 0, "out_of_order_dropped": 0,
+        }  # fmt: skip
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -279,7 +329,13 @@ class Node:
             ),
             rng=self._rng,
         )
+        if self.config.data_dir is not None:
+            log, taken = DedupLog.open(self.config.data_dir, fsync=self.config.fsync)  # type: ignore[arg-type]
+            self._dedup_log = log
+            self._eo_streams = ExactlyOnceStreams(taken, window=self.config.dedup_window, now=trio.current_time())
+            nursery.start_soon(self._sync_loop)
         nursery.start_soon(self._timer_loop)
+        nursery.start_soon(self._retransmit_loop)
         self._apply(self._membership.start(trio.current_time()))
 
     async def _stop(self) -> None:
@@ -296,6 +352,11 @@ class Node:
             inbox.close()
         for watcher in self._watchers:
             watcher.close()
+        for item in self._tracker.all_outstanding():
+            if item.receipt is not None:
+                item.receipt.fail(DeliveryFailed(item.agent, item.attempts, "local node closed"))
+        if self._dedup_log is not None:
+            self._dedup_log.close()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
@@ -356,6 +417,7 @@ class Node:
         else:
             guarantee = DeliveryGuarantee.build(delivery, ordering=traits.ordering)
         routing = RoutingMetadata(pattern=pattern, target=target, priority=priority or traits.priority)
+        mode = _MODE_FLAGS.get(guarantee.delivery_mode, 0)
         template = SendTemplate(
             source or self.uri,
             type_,
@@ -363,6 +425,8 @@ class Node:
             guarantee,
             routing,
             QoSRequirements(priority=routing.priority, consistency=traits.consistency),
+            mode=mode,
+            policy=RetryPolicy.from_guarantee(guarantee, base=self.config.retry_base, cap=self.config.retry_cap) if mode else None,
         )
         if len(self._send_templates) >= 4096:
             self._send_templates.clear()
@@ -427,6 +491,32 @@ class Node:
         template = self._template(type, source, agent_id, delivery, priority, "point_to_point", data.__class__ is bytes)
         await self._deliver(agent_id, node, template, data, None, 0, wait)
 
+    async def deliver(
+        self,
+        target: str,
+        data: Any = None,
+        *,
+        delivery: str | DeliveryGuarantee = "at_least_once",
+        type: str = DIRECT_TYPE,
+        source: str | None = None,
+        priority: str | None = None,
+    ) -> None:
+        """Send and wait until the receiving node acknowledges the delivery (the design's ``deliver``).
+
+        For ``at_least_once`` the acknowledgement comes once the agent has handled the
+        message; for ``exactly_once`` once it has taken it (recorded durably). Raises
+        :class:`~phoenix_trio.DeliveryFailed` after the last retry. ``at_most_once``
+        returns once the transport accepted the message.
+        """
+        if data.__class__ not in _WIRE_TYPES:
+            _check_encodable(data)
+        agent_id, node = self._route(target)
+        template = self._template(type, source, agent_id, delivery, priority, "point_to_point", data.__class__ is bytes)
+        receipt = _Receipt() if template.mode and node is not None else None
+        await self._deliver(agent_id, node, template, data, None, 0, True, receipt=receipt)
+        if receipt is not None:
+            await receipt.wait()
+
     async def send_message(self, target: str, message: Message, *, wait: bool = True) -> None:
         """Send a Message built by the caller (validated first) to ``target``, through the
         transport that reaches it (see :mod:`phoenix_trio._transport`)."""
@@ -446,6 +536,12 @@ class Node:
             if transport.reaches(node):
                 return transport
         raise NodeUnreachable(node or self.id, "no transport reaches it")
+
+    async def flush_deliveries(self, *, timeout: float) -> None:
+        """Wait until every at-least-once / exactly-once message sent so far is acknowledged or failed."""
+        with trio.fail_after(timeout):
+            while self._tracker.outstanding:
+                await self._tracker_room.park()
 
     def _route(self, target: str) -> tuple[str, str | None]:
         """(agent id, node id or None for local) for an agent or group ``target``."""
@@ -483,6 +579,7 @@ class Node:
         flags: int,
         wait: bool,
         responder: Callable[..., Any] | None = None,
+        receipt: _Receipt | None = None,
     ) -> None:
         """Hand one message to the right transport: built here for local agents, batched for remote ones."""
         if node is None:
@@ -492,6 +589,10 @@ class Node:
             await self._deliver_message(agent_id, None, message, flags, wait)
             return
         self.stats["sent"] += 1
+        if template.mode:
+            await self._deliver_reliably(agent_id, node, template, data, correlation_id, flags, wait, receipt)
+            await self._after_send()
+            return
         connection = self._connections.get(node)
         if connection is None or connection.closed:
             raise NodeUnreachable(node, "not connected")
@@ -499,6 +600,37 @@ class Node:
         if not connection.try_enqueue(entry):
             await connection.enqueue(entry, wait=wait)
         await self._after_send()
+
+    async def _deliver_reliably(
+        self,
+        agent_id: str,
+        node: str,
+        template: SendTemplate,
+        data: Any,
+        correlation_id: str | None,
+        flags: int,
+        wait: bool,
+        receipt: _Receipt | None,
+    ) -> None:
+        """At-least-once / exactly-once: track the message until the receiver acknowledges it."""
+        mode = ALO if template.mode == FLAG_ALO else EO
+        tracker = self._tracker
+        while not tracker.has_room(node, agent_id, mode):
+            if not wait:
+                raise Backpressure(agent_id, f"{tracker.window} reliable messages already outstanding")
+            await self._tracker_room.park()
+        epoch, seq = tracker.reserve(node, agent_id, mode)
+        entry = (template, data, agent_id, _current_trace.get(), correlation_id, flags | template.mode, new_id(), pack_dseq(epoch, seq))
+        self._track(Outstanding(node, agent_id, epoch, seq, mode, entry, template.policy, receipt=receipt))
+        connection = self._connections.get(node)
+        if connection is not None and not connection.closed:
+            if not connection.try_enqueue(entry):
+                try:
+                    await connection.enqueue(entry, wait=wait)
+                except NodeUnreachable:
+                    pass  # tracked: it goes out again when the node is back
+        # Not connected (the node is restarting, or unreachable for now): tracked all the
+        # same, and sent again when the retry timer fires and the node is back.
 
     async def _deliver_message(self, agent_id: str, node: str | None, message: Message, flags: int, wait: bool) -> None:
         self.stats["sent"] += 1
@@ -517,10 +649,30 @@ class Node:
             connection = self._connections.get(node)
             if connection is None or connection.closed:
                 raise NodeUnreachable(node, "not connected")
-            entry = (message, flags)
+            mode_flag = _MODE_FLAGS.get(message.delivery.delivery_mode, 0) if message.delivery is not None else 0
+            if mode_flag:
+                mode = ALO if mode_flag == FLAG_ALO else EO
+                tracker = self._tracker
+                while not tracker.has_room(node, agent_id, mode):
+                    if not wait:
+                        raise Backpressure(agent_id, f"{tracker.window} reliable messages already outstanding")
+                    await self._tracker_room.park()
+                epoch, seq = tracker.reserve(node, agent_id, mode)
+                entry: tuple[Any, ...] = (message, flags | mode_flag, pack_dseq(epoch, seq))
+                assert message.delivery is not None
+                policy = RetryPolicy.from_guarantee(message.delivery, base=self.config.retry_base, cap=self.config.retry_cap)
+                self._track(Outstanding(node, agent_id, epoch, seq, mode, entry, policy))
+            else:
+                entry = (message, flags)
             if not connection.try_enqueue(entry):
                 await connection.enqueue(entry, wait=wait)
         await self._after_send()
+
+    def _track(self, item: Outstanding) -> None:
+        self._tracker.add(item, trio.current_time())
+        if item.deadline < self._retransmit_deadline:
+            self._retransmit_deadline = item.deadline
+            self._retransmit_wakeup.unpark_all()
 
     async def _after_send(self) -> None:
         """Every send is a cancellation point; every few hundred, a full checkpoint."""
@@ -806,6 +958,61 @@ class Node:
             self._timer_deadline = math.inf
             self._apply(self._membership.timer("membership-tick", trio.current_time()))
 
+    async def _retransmit_loop(self) -> None:
+        """Resend reliable messages whose acknowledgement is late; fail those out of retries."""
+        tracker = self._tracker
+        while True:
+            deadline = tracker.next_deadline()
+            self._retransmit_deadline = math.inf if deadline is None else deadline
+            with trio.move_on_at(self._retransmit_deadline):
+                await self._retransmit_wakeup.park()
+                continue
+            for action in tracker.due(trio.current_time()):
+                if isinstance(action, Resend):
+                    item = action.item
+                    connection = self._connections.get(item.node)
+                    if connection is not None and not connection.closed and connection.try_enqueue(item.entry):
+                        self.stats["retransmitted"] += 1
+                else:
+                    self._delivery_failed(action.item, action.reason)
+            if self._tracker_room:
+                self._tracker_room.unpark_all()
+
+    def _delivery_failed(self, item: Outstanding, reason: str) -> None:
+        self.stats["delivery_failures"] += 1
+        error = DeliveryFailed(item.agent, item.attempts, reason)
+        log.warning("delivery to %s on %s failed: %s", item.agent, item.node, reason)
+        if item.receipt is not None:
+            item.receipt.fail(error)
+
+    def _on_delivered(self, connection: Connection, event: Delivered) -> None:
+        peer = connection.peer_id
+        tracker = self._tracker
+        for mode, acks in ((ALO, event.at_least_once), (EO, event.exactly_once)):
+            for agent, dseq in acks:
+                epoch, seq = unpack_dseq(dseq)
+                for item in tracker.acked(peer, agent, mode, epoch, seq):
+                    if item.receipt is not None:
+                        item.receipt.succeed()
+        if self._tracker_room:
+            self._tracker_room.unpark_all()
+
+    async def _sync_loop(self) -> None:
+        """The exactly-once log: fsync on its policy, compact past its size limit."""
+        log_ = self._dedup_log
+        assert log_ is not None
+        interval = self.config.fsync_interval
+        while True:
+            await trio.sleep(interval)
+            if log_.dirty and log_.fsync_policy != "never":
+                waiting, self._fsync_waiters = self._fsync_waiters, []
+                await trio.to_thread.run_sync(log_.sync)  # fsync blocks: a worker thread, not the loop
+                for connection, agent, dseq in waiting:
+                    connection.acknowledge(True, agent, dseq)
+            self._eo_streams.expire(trio.current_time())
+            if log_.needs_compaction():
+                log_.compact(self._eo_streams.snapshot())
+
     # -- connections ------------------------------------------------------------------------
 
     async def _connect(self, address: Address) -> None:
@@ -910,6 +1117,8 @@ class Node:
     async def _on_peer_event(self, connection: Connection, event: object) -> None:
         if isinstance(event, DataBatch):
             await self._on_data(connection, event)
+        elif isinstance(event, Delivered):
+            self._on_delivered(connection, event)
         elif isinstance(event, ServicePayload):
             service = self._services.get(event.name)
             if service is None:
@@ -966,6 +1175,7 @@ class Node:
         groups: dict[str, list[Message]] = {}
         acks: list[tuple[str, str]] = []
         flags_list = batch.flags
+        positions = batch.positions
         responder = None
         for i, message in enumerate(batch.messages):
             flags = flags_list[i]
@@ -973,6 +1183,9 @@ class Node:
                 self._resolve_reply(message)
                 continue
             target = message.subject
+            if positions is not None and i in positions and target is not None and target in inboxes:
+                if not self._admit_reliable(connection, inboxes[target], target, message, flags, positions[i]):
+                    continue
             if target is None or target not in inboxes:
                 self.stats["dropped_unknown_agent"] += 1
                 if flags and message.correlation_id:
@@ -1002,6 +1215,48 @@ class Node:
                 done = [ack for ack in acks if ack[1] == agent_id]
                 if done:
                     connection.send_control(connection.protocol.acks(done))
+
+    def _admit_reliable(self, connection: Connection, inbox: Inbox, agent: str, message: Message, flags: int, dseq: int) -> bool:
+        """Decide about one reliable message; True to put it in the inbox (hooks attached)."""
+        assert connection.peer is not None
+        if flags & FLAG_EO:
+            epoch, seq = unpack_dseq(dseq)
+            key = (connection.peer.node_id, connection.peer.incarnation, agent, epoch)
+            verdict = self._eo_streams.offer(key, seq, trio.current_time())
+            if verdict == STREAM_ACCEPT:
+                inbox.track(message, TAKEN, partial(self._eo_taken, connection.peer.node_id, key, agent, dseq))
+                return True
+            if verdict == STREAM_DUPLICATE_TAKEN:
+                self.stats["duplicates_dropped"] += 1
+                watermark = self._eo_streams.taken_watermark(key)
+                connection.acknowledge(True, agent, pack_dseq(epoch, watermark))
+            elif verdict == STREAM_DUPLICATE_QUEUED:
+                self.stats["duplicates_dropped"] += 1
+            else:
+                self.stats["out_of_order_dropped"] += 1
+            return False
+        inbox.track(message, HANDLED, partial(self._alo_handled, connection.peer.node_id, agent, dseq))
+        return True
+
+    def _alo_handled(self, peer: str, agent: str, dseq: int) -> None:
+        connection = self._connections.get(peer)
+        if connection is not None:
+            connection.acknowledge(False, agent, dseq)
+
+    def _eo_taken(self, peer: str, key: tuple[str, int, str, int], agent: str, dseq: int) -> None:
+        """An exactly-once message is being handed to its agent: record it first, then acknowledge."""
+        seq = dseq & SEQ_MASK
+        watermark = self._eo_streams.taken(key, seq, trio.current_time())
+        if self._dedup_log is not None:
+            self._dedup_log.record(key, watermark)
+        connection = self._connections.get(peer)
+        if connection is None:
+            return
+        ack = pack_dseq(key[3], watermark)
+        if self._dedup_log is not None and self._dedup_log.fsync_policy == "always":
+            self._fsync_waiters.append((connection, agent, ack))
+        else:
+            connection.acknowledge(True, agent, ack)
 
     async def _wait_for_service(self, connection: Connection, service: Service, payload: bytes) -> None:
         assert self._membership is not None

@@ -84,7 +84,7 @@ class WireMessage(Message):
     """A Message decoded lazily from a batch item. See the module docstring."""
 
     __slots__ = ("_wire", "_resp")
-    # _wire = (stamp, template, item, index); item = [4, template_index, subject, data, parent, correlation_id, flags]
+    # _wire = (stamp, template, item, index); item = [4, template_index, subject, data, parent, correlation_id, flags(, id, dseq)]
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Message):
@@ -131,6 +131,9 @@ def _property(name: str, compute: Any) -> property:
 
 
 def _id(wire: tuple[Any, ...]) -> str:
+    item = wire[2]
+    if len(item) > 7:  # a reliable message keeps its id across retries
+        return item[7]  # type: ignore[no-any-return]
     stamp = wire[0]
     return format_id(stamp.ms, stamp.first_seq + wire[3], stamp.node_hex)
 
