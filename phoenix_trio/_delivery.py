@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
 import attrs
@@ -50,28 +50,47 @@ def unpack_dseq(dseq: int) -> tuple[int, int]:
     return dseq >> SEQ_BITS, dseq & SEQ_MASK
 
 
-@attrs.define(slots=True, eq=False)
 class Outstanding:
     """One message the sender still holds: sent, not yet acknowledged."""
 
-    node: str
-    agent: str
-    epoch: int
-    seq: int
-    mode: int
-    entry: Any  # what the transport re-sends as is
-    policy: RetryPolicy
-    attempts: int = 1
-    deadline: float = 0.0
-    resend_at: float | None = None
-    receipt: Any = None  # set by the driver when a caller waits for the outcome
+    __slots__ = ("node", "agent", "epoch", "seq", "mode", "entry", "policy", "attempts", "deadline", "resend_at", "receipt")
+
+    def __init__(
+        self,
+        node: str,
+        agent: str,
+        epoch: int,
+        seq: int,
+        mode: int,
+        entry: Any,
+        policy: RetryPolicy,
+        receipt: Any = None,
+    ) -> None:
+        self.node = node
+        self.agent = agent
+        self.epoch = epoch
+        self.seq = seq
+        self.mode = mode
+        self.entry = entry  # what the transport re-sends as is
+        self.policy = policy
+        self.attempts = 1
+        self.deadline = 0.0
+        self.resend_at: float | None = None
+        self.receipt = receipt  # set by the driver when a caller waits for the outcome
 
 
-@attrs.define(slots=True)
 class _SenderStream:
-    epoch: int = 0
-    next_seq: int = 1
-    outstanding: OrderedDict[int, Outstanding] = attrs.field(factory=OrderedDict)
+    __slots__ = ("epoch", "next_seq", "outstanding", "timeline")
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.next_seq = 1
+        # Sequence order. An OrderedDict, not a dict: popping from the front of a plain
+        # dict again and again leaves dummies that make next(iter(d)) slower each time.
+        self.outstanding: OrderedDict[int, Outstanding] = OrderedDict()
+        # Items in the order their first deadline falls (send order); acknowledged ones
+        # are skipped when they reach the front.
+        self.timeline: deque[Outstanding] = deque()
 
 
 @attrs.frozen(slots=True)
@@ -93,13 +112,17 @@ class DeliveryTracker:
     resends and failures whose time has come. ``next_deadline()`` says when to call
     ``due`` again. At most ``window`` messages per stream are outstanding; ``has_room``
     tells the driver when senders must wait.
+
+    Cost per message is O(1): first deadlines are kept per stream in send order (a
+    stream's messages share one timeout, so that order is deadline order); only
+    messages that actually time out move to a heap of retries.
     """
 
     def __init__(self, *, rng: random.Random | None = None, window: int = 65536) -> None:
         self.rng = rng or random.Random()
         self.window = window
         self._streams: dict[tuple[str, str, int], _SenderStream] = {}
-        self._heap: list[tuple[float, int, Outstanding]] = []
+        self._retries: list[tuple[float, int, Outstanding]] = []
         self._counter = 0
         self.outstanding = 0
 
@@ -125,12 +148,12 @@ class DeliveryTracker:
         stream = self._stream(item.node, item.agent, item.mode)
         item.deadline = now + item.policy.timeout
         stream.outstanding[item.seq] = item
+        stream.timeline.append(item)
         self.outstanding += 1
-        self._push(item.deadline, item)
 
-    def _push(self, when: float, item: Outstanding) -> None:
+    def _push_retry(self, when: float, item: Outstanding) -> None:
         self._counter += 1
-        heapq.heappush(self._heap, (when, self._counter, item))
+        heapq.heappush(self._retries, (when, self._counter, item))
 
     def acked(self, node: str, agent: str, mode: int, epoch: int, seq: int) -> list[Outstanding]:
         """Settle one message (at-least-once) or everything up to ``seq`` (exactly-once)."""
@@ -139,11 +162,14 @@ class DeliveryTracker:
             return []
         done: list[Outstanding] = []
         if mode == EO:
-            while stream.outstanding:
-                first = next(iter(stream.outstanding))
+            outstanding = stream.outstanding
+            while outstanding:
+                first, item = outstanding.popitem(last=False)
                 if first > seq:
+                    outstanding[first] = item
+                    outstanding.move_to_end(first, last=False)
                     break
-                done.append(stream.outstanding.pop(first))
+                done.append(item)
         else:
             item = stream.outstanding.pop(seq, None)
             if item is not None:
@@ -151,52 +177,74 @@ class DeliveryTracker:
         self.outstanding -= len(done)
         return done
 
-    def next_deadline(self) -> float | None:
-        heap = self._heap
-        while heap and not self._live(heap[0][2], heap[0][0]):
-            heapq.heappop(heap)
-        return heap[0][0] if heap else None
+    @staticmethod
+    def _current(stream: _SenderStream, item: Outstanding) -> bool:
+        return stream.outstanding.get(item.seq) is item
 
-    def _live(self, item: Outstanding, when: float) -> bool:
+    def next_deadline(self) -> float | None:
+        best: float | None = None
+        for stream in self._streams.values():
+            timeline = stream.timeline
+            while timeline and (not self._current(stream, timeline[0]) or timeline[0].resend_at is not None or timeline[0].attempts > 1):
+                timeline.popleft()  # settled, or moved to the retry heap
+            if timeline and (best is None or timeline[0].deadline < best):
+                best = timeline[0].deadline
+        retries = self._retries
+        while retries and not self._live_retry(retries[0][2], retries[0][0]):
+            heapq.heappop(retries)
+        if retries and (best is None or retries[0][0] < best):
+            best = retries[0][0]
+        return best
+
+    def _live_retry(self, item: Outstanding, when: float) -> bool:
         stream = self._streams.get((item.node, item.agent, item.mode))
-        if stream is None or stream.outstanding.get(item.seq) is not item or stream.epoch != item.epoch:
+        if stream is None or not self._current(stream, item) or stream.epoch != item.epoch:
             return False
         return when == (item.resend_at if item.resend_at is not None else item.deadline)
 
     def due(self, now: float) -> list[Resend | Failed]:
         """Everything whose timer expired by ``now``: messages to send again, or that failed."""
         actions: list[Resend | Failed] = []
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            when, _, item = heapq.heappop(heap)
-            if not self._live(item, when):
+        expired: list[Outstanding] = []
+        for stream in list(self._streams.values()):
+            timeline = stream.timeline
+            while timeline and timeline[0].deadline <= now:
+                item = timeline.popleft()
+                if self._current(stream, item) and item.resend_at is None and item.attempts == 1:
+                    expired.append(item)
+        retries = self._retries
+        while retries and retries[0][0] <= now:
+            when, _, item = heapq.heappop(retries)
+            if not self._live_retry(item, when):
                 continue
             if item.resend_at is not None:  # backoff over: send again
                 item.resend_at = None
                 item.attempts += 1
                 item.deadline = now + item.policy.timeout
-                self._push(item.deadline, item)
+                self._push_retry(item.deadline, item)
                 actions.append(Resend(item))
-                continue
-            # The acknowledgement did not come in time.
+            else:
+                expired.append(item)
+        for item in expired:
+            stream = self._streams.get((item.node, item.agent, item.mode))
+            if stream is None or not self._current(stream, item) or item.resend_at is not None:
+                continue  # settled or rescheduled by an earlier expiry in this pass
             if item.policy.gives_up_after(item.attempts):
                 actions.extend(self._fail(item, f"no acknowledgement after {item.attempts} attempt(s)"))
-                continue
-            if item.mode == EO:
-                actions.extend(self._go_back(item, now))
+            elif item.mode == EO:
+                self._go_back(item, now)
             else:
                 item.resend_at = now + item.policy.backoff(item.attempts - 1, self.rng)
-                self._push(item.resend_at, item)
+                self._push_retry(item.resend_at, item)
         return actions
 
-    def _go_back(self, oldest: Outstanding, now: float) -> list[Resend | Failed]:
+    def _go_back(self, oldest: Outstanding, now: float) -> None:
         """Exactly-once: the receiver only takes messages in order, so resend the whole window."""
         stream = self._streams[(oldest.node, oldest.agent, oldest.mode)]
         delay = oldest.policy.backoff(oldest.attempts - 1, self.rng)
         for item in stream.outstanding.values():
             item.resend_at = now + delay
-            self._push(item.resend_at, item)
-        return []
+            self._push_retry(item.resend_at, item)
 
     def _fail(self, item: Outstanding, reason: str) -> list[Resend | Failed]:
         stream = self._streams[(item.node, item.agent, item.mode)]
@@ -204,6 +252,7 @@ class DeliveryTracker:
             # The receiver will never accept past this gap: fail the rest, start a new epoch.
             failed = list(stream.outstanding.values())
             stream.outstanding.clear()
+            stream.timeline.clear()
             stream.epoch = min(stream.epoch + 1, MAX_EPOCH)
             stream.next_seq = 1
         else:

@@ -46,7 +46,7 @@ from ._errors import (
     ProtocolError,
     RequestTimeout,
 )
-from ._ids import new_id
+from ._ids import IdBlock, new_id
 from ._ids import reserve as reserve_ids
 from ._dedup_log import DedupLog
 from ._delivery import ACCEPT as STREAM_ACCEPT
@@ -291,6 +291,7 @@ class Node:
         self._timer_wakeup = trio.lowlevel.ParkingLot()
         self._sends_since_yield = 0
         self._tracker = DeliveryTracker(rng=self._rng, window=config.delivery_window)
+        self._ids = IdBlock()
         self._tracker_room = trio.lowlevel.ParkingLot()
         self._retransmit_deadline = math.inf
         self._retransmit_wakeup = trio.lowlevel.ParkingLot()
@@ -620,7 +621,7 @@ class Node:
                 raise Backpressure(agent_id, f"{tracker.window} reliable messages already outstanding")
             await self._tracker_room.park()
         epoch, seq = tracker.reserve(node, agent_id, mode)
-        entry = (template, data, agent_id, _current_trace.get(), correlation_id, flags | template.mode, new_id(), pack_dseq(epoch, seq))
+        entry = (template, data, agent_id, _current_trace.get(), correlation_id, flags | template.mode, self._ids.next(), pack_dseq(epoch, seq))
         self._track(Outstanding(node, agent_id, epoch, seq, mode, entry, template.policy, receipt=receipt))
         connection = self._connections.get(node)
         if connection is not None and not connection.closed:

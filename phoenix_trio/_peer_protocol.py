@@ -39,7 +39,8 @@ Frames (the C core's format, CRC32C checked) travel on two channels:
   inbox; bit 1 marks a request waiting for a reply; bit 2 marks a reply; bit 3 asks for
   at-least-once and bit 4 for exactly-once delivery (see :mod:`phoenix_trio._delivery`):
   such items carry two more elements, the message id and the stream position
-  (``[4, ..., flags, id, dseq]``, ``[1, ..., flags, dseq]``, ``[2, flags, layout1, dseq]``),
+  (``[4, ..., flags, id, dseq]``, ``[1, ..., flags, dseq]``, ``[2, flags, layout1, dseq]``;
+  a batched item's id may be compact: ``(ms << 16) | seq``, completed by the stamp's node part),
   and the receiver answers with DELIVERED control messages.
 """
 
@@ -765,8 +766,11 @@ class PeerProtocol:
 
     @staticmethod
     def _position(positions: dict[int, int] | None, index: int, id_: Any, dseq: Any) -> dict[int, int]:
-        if type(id_) is not str or not id_ or len(id_) > 4096:
-            raise _fail("a reliable message needs a non-empty string id")
+        if type(id_) is int:
+            if not 0 <= id_ < 1 << 64:
+                raise _fail("compact message id out of range")
+        elif type(id_) is not str or not id_ or len(id_) > 4096:
+            raise _fail("a reliable message needs an id")
         if type(dseq) is not int or not 0 < dseq < 1 << 63 or not dseq & ((1 << 40) - 1):
             raise _fail("stream position out of range")
         if positions is None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any
 
-from ._ids import format_id
+from ._ids import format_compact, format_id
 from ._message import SPECVERSION, Message, RoutingMetadata
 from ._trace import TraceContext, _trusted as _trusted_trace
 from ._trace import span_id_at, trace_id_at
@@ -132,9 +132,10 @@ def _property(name: str, compute: Any) -> property:
 
 def _id(wire: tuple[Any, ...]) -> str:
     item = wire[2]
-    if len(item) > 7:  # a reliable message keeps its id across retries
-        return item[7]  # type: ignore[no-any-return]
     stamp = wire[0]
+    if len(item) > 7:  # a reliable message keeps its id across retries
+        ident = item[7]
+        return ident if type(ident) is str else format_compact(ident, stamp.node_hex)
     return format_id(stamp.ms, stamp.first_seq + wire[3], stamp.node_hex)
 
 
