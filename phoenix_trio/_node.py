@@ -403,9 +403,20 @@ class Node:
     # -- sending ------------------------------------------------------------------------
 
     def _template(
-        self, type_: str, source: str | None, target: str, delivery: Any, priority: str | None, pattern: str, binary: bool
+        self,
+        type_: str,
+        source: str | None,
+        target: str,
+        delivery: Any,
+        priority: str | None,
+        pattern: str,
+        binary: bool,
+        tracked: bool = True,
     ) -> SendTemplate:
-        key = (type_, source, target, delivery, priority, pattern, binary)
+        """The shared envelope for these parameters. ``tracked=False`` turns off the
+        transport's acknowledgements and retries (request-response: the reply is the
+        acknowledgement, a lost request surfaces as a timeout)."""
+        key = (type_, source, target, delivery, priority, pattern, binary, tracked)
         template = self._send_templates.get(key)
         if template is not None:
             return template
@@ -418,7 +429,7 @@ class Node:
         else:
             guarantee = DeliveryGuarantee.build(delivery, ordering=traits.ordering)
         routing = RoutingMetadata(pattern=pattern, target=target, priority=priority or traits.priority)
-        mode = _MODE_FLAGS.get(guarantee.delivery_mode, 0)
+        mode = _MODE_FLAGS.get(guarantee.delivery_mode, 0) if tracked else 0
         template = SendTemplate(
             source or self.uri,
             type_,
@@ -707,7 +718,7 @@ class Node:
         timeout = self.config.request_timeout if timeout is None else timeout
         agent_id, node = self._route(target)
         correlation_id = new_id()
-        template = self._template(type, source, agent_id, delivery, priority, "request_response", data.__class__ is bytes)
+        template = self._template(type, source, agent_id, delivery, priority, "request_response", data.__class__ is bytes, False)
         pending = _PendingRequest(agent_id, node)
         self._pending_requests[correlation_id] = pending
         breaker = self._breaker(agent_id)
@@ -761,6 +772,7 @@ class Node:
             options.get("priority"),
             "request_response",
             data.__class__ is bytes,
+            False,
         )
 
     async def _local_reply(self, request: Message, data: Any, options: dict[str, Any]) -> None:
@@ -821,7 +833,7 @@ class Node:
                 for target in dict.fromkeys(targets):
                     try:
                         agent_id, node = self._route(target)
-                        template = self._template(type, source, agent_id, None, None, "broadcast", data.__class__ is bytes)
+                        template = self._template(type, source, agent_id, None, None, "broadcast", data.__class__ is bytes, False)
                         await self._deliver(agent_id, node, template, data, correlation_id, FLAG_ACK if waiter else 0, True)
                         sent.add(target)
                     except (AgentNotFound, NodeUnreachable, Backpressure) as exc:
