@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     node.add_argument("--heartbeat-interval", type=float, default=0.5)
     node.add_argument("--failure-timeout", type=float, default=2.0)
     node.add_argument("--cluster", default="phoenix")
+    node.add_argument("--data-dir", default=None, help="durable state (exactly-once log, journals)")
+    node.add_argument("--fsync", default="interval", choices=["interval", "always", "never"])
     node.add_argument("--log-level", default="WARNING")
     from .raft._cli import add_parser as add_raft_parser
 
