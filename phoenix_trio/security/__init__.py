@@ -13,8 +13,9 @@ Message level::
     secured = sec.secure_message(message, ctx)        # authenticate, encrypt, sign
     plain = sec.verify_message(secured, receiver_ctx)  # or a SecurityError subclass
 
-See ``docs/security.md`` for the canonical form, the algorithms, key rotation and the
-replay window.
+Nodes enforce it: ``open_node(..., security=ctx)`` secures what the policy requires on
+the way out and verifies on the way in, before any agent sees a message (see
+``docs/security.md``).
 """
 
 from ._aead import AEAD_ALGORITHMS as AEAD_ALGORITHMS
@@ -39,6 +40,8 @@ from ._errors import TlsError as TlsError
 from ._errors import UnknownAgent as UnknownAgent
 from ._errors import UnknownKey as UnknownKey
 from ._errors import UntrustedSigner as UntrustedSigner
+from ._gate import EVENT_TYPE as REJECTION_EVENT_TYPE
+from ._gate import SecurityGate as SecurityGate
 from ._keys import ECDSA_P256 as ECDSA_P256
 from ._keys import ED25519 as ED25519
 from ._keys import SIGNATURE_ALGORITHMS as SIGNATURE_ALGORITHMS
