@@ -82,6 +82,8 @@ from ._peer_protocol import (
     node_id_ok,
 )
 from ._taxonomy import message_characteristics, validate_type
+from .security._context import SecurityContext
+from .security._gate import REJECTED_KIND, SecurityGate, rejection_error
 from ._trace import _current as _current_trace
 from ._trace import _resolve as _resolve_trace
 from ._trace import next_hop_trace, random_bases
@@ -147,6 +149,7 @@ class NodeConfig:
     compression: bool = False
     forget_after: float = 120.0
     breaker: BreakerConfig = attrs.field(factory=BreakerConfig)
+    security: SecurityContext | None = None  # see phoenix_trio.security and docs/security.md
 
 
 @attrs.define(slots=True)
@@ -250,6 +253,7 @@ class Node:
         self._timer_deadline = math.inf
         self._timer_wakeup = trio.lowlevel.ParkingLot()
         self._sends_since_yield = 0
+        self.security = SecurityGate(self, config.security) if config.security is not None else None
         self.closed = False
         self.stats = {"sent": 0, "received": 0, "dropped_unknown_agent": 0, "encode_failures": 0, "protocol_errors": 0, "dropped_unknown_service": 0}
 
@@ -302,12 +306,22 @@ class Node:
     # -- agents -------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def agent(self, agent_id: str, *, capacity: int | None = None, group: str | None = None) -> AsyncIterator[Agent]:
-        """Register ``agent_id`` (optionally in ``group``) for the duration of the block."""
+    async def agent(
+        self, agent_id: str, *, capacity: int | None = None, group: str | None = None, security: SecurityContext | None = None
+    ) -> AsyncIterator[Agent]:
+        """Register ``agent_id`` (optionally in ``group``) for the duration of the block.
+
+        ``security``: a context that secures what this agent sends to other nodes (its own
+        identity and keys); needs a node opened with ``security=``.
+        """
         if type(agent_id) is not str or not 0 < len(agent_id) <= 256:
             raise ConfigurationError("agent ids are non-empty strings of at most 256 characters")
         if agent_id in self._inboxes:
             raise ConfigurationError(f"agent {agent_id!r} is already registered on this node")
+        if security is not None:
+            if self.security is None:
+                raise ConfigurationError("an agent's security context needs a node opened with security=")
+            self.security.add_agent(agent_id, security)
         inbox = Inbox(agent_id, capacity or self.config.inbox_capacity)
         self._inboxes[agent_id] = inbox
         self.directory.add_local(agent_id, group)
@@ -316,6 +330,8 @@ class Node:
         try:
             yield Agent(self, agent_id, inbox, group)
         finally:
+            if security is not None and self.security is not None:
+                self.security.remove_agent(agent_id)
             self._inboxes.pop(agent_id, None)
             self.directory.remove_local(agent_id)
             inbox.close()
@@ -496,6 +512,8 @@ class Node:
         if connection is None or connection.closed:
             raise NodeUnreachable(node, "not connected")
         entry = (template, data, agent_id, _current_trace.get(), correlation_id, flags)
+        if self.security is not None:
+            entry = self.security.outgoing(entry)
         if not connection.try_enqueue(entry):
             await connection.enqueue(entry, wait=wait)
         await self._after_send()
@@ -518,6 +536,8 @@ class Node:
             if connection is None or connection.closed:
                 raise NodeUnreachable(node, "not connected")
             entry = (message, flags)
+            if self.security is not None:
+                entry = self.security.outgoing(entry)
             if not connection.try_enqueue(entry):
                 await connection.enqueue(entry, wait=wait)
         await self._after_send()
@@ -625,6 +645,8 @@ class Node:
                 if connection is None or connection.closed:
                     raise NodeUnreachable(node_id, "requester's node is gone")
                 entry = (template, data, request.source, _current_trace.get(), request.correlation_id, FLAG_REPLY)
+                if self.security is not None:
+                    entry = self.security.outgoing(entry)
                 await connection.enqueue(entry)
 
             self._responders[node_id] = responder
@@ -909,6 +931,8 @@ class Node:
 
     async def _on_peer_event(self, connection: Connection, event: object) -> None:
         if isinstance(event, DataBatch):
+            if self.security is not None:
+                event = self.security.screen(connection, event)
             await self._on_data(connection, event)
         elif isinstance(event, ServicePayload):
             service = self._services.get(event.name)
@@ -950,7 +974,11 @@ class Node:
         if event.kind == "agent_not_found":
             agent_id = event.detail
             error: Exception = AgentNotFound(agent_id)
+        elif event.kind == REJECTED_KIND:
+            error = rejection_error(connection.peer_id, event.detail)
+            agent_id = error.agent_id
         else:
+            agent_id = event.detail
             error = NodeUnreachable(connection.peer_id, f"{event.kind}: {event.detail}")
         pending = self._pending_requests.get(event.correlation_id)
         if pending is not None and not pending.event.is_set():
@@ -958,7 +986,7 @@ class Node:
             pending.event.set()
         waiter = self._pending_acks.get(event.correlation_id)
         if waiter is not None:
-            waiter.failed[event.detail] = error
+            waiter.failed[agent_id] = error
             waiter.settle()
 
     async def _on_data(self, connection: Connection, batch: DataBatch) -> None:
