@@ -15,7 +15,8 @@ Message level::
 
 Nodes enforce it: ``open_node(..., security=ctx)`` secures what the policy requires on
 the way out and verifies on the way in, before any agent sees a message (see
-``docs/security.md``).
+``docs/security.md``). Transport level: ``open_node(..., tls=configure_tls(...))`` runs
+the native TCP transport over TLS 1.3/1.2 with mutual authentication.
 """
 
 from ._aead import AEAD_ALGORITHMS as AEAD_ALGORITHMS
@@ -60,3 +61,8 @@ from ._policy import SecurityPolicy as SecurityPolicy
 from ._replay import ReplayGuard as ReplayGuard
 from ._secure import secure_message as secure_message
 from ._secure import verify_message as verify_message
+from ._tls import ALPN_PROTOCOL as ALPN_PROTOCOL
+from ._tls import SECURE_CIPHERS as SECURE_CIPHERS
+from ._tls import TlsConfig as TlsConfig
+from ._tls import TlsOptions as TlsOptions
+from ._tls import configure_tls as configure_tls
