@@ -44,6 +44,7 @@ from ._errors import (
     NodeUnreachable,
     ProtocolError,
     RequestTimeout,
+    SecurityError,
 )
 from ._ids import new_id
 from ._ids import reserve as reserve_ids
@@ -84,6 +85,7 @@ from ._peer_protocol import (
 from ._taxonomy import message_characteristics, validate_type
 from .security._context import SecurityContext
 from .security._gate import REJECTED_KIND, SecurityGate, rejection_error
+from .security._tls import TlsConfig
 from ._trace import _current as _current_trace
 from ._trace import _resolve as _resolve_trace
 from ._trace import next_hop_trace, random_bases
@@ -150,6 +152,7 @@ class NodeConfig:
     forget_after: float = 120.0
     breaker: BreakerConfig = attrs.field(factory=BreakerConfig)
     security: SecurityContext | None = None  # see phoenix_trio.security and docs/security.md
+    tls: TlsConfig | None = None  # security.configure_tls(...): peer connections over TLS
 
 
 @attrs.define(slots=True)
@@ -834,15 +837,23 @@ class Node:
         assert self._membership is not None
         try:
             with trio.fail_after(self.config.connect_timeout):
-                stream = await trio.open_tcp_stream(*address)
-        except (OSError, trio.TooSlowError) as exc:
+                stream: trio.abc.Stream = await trio.open_tcp_stream(*address)
+            if self.config.tls is not None:  # refusals are logged by the TLS config
+                stream = await self.config.tls.connect(stream, address[0], self.config.handshake_timeout)
+        except (OSError, trio.TooSlowError, SecurityError) as exc:
             log.debug("connect to %s:%d failed: %s", *address, exc)
             self._membership.connect_done(address)
             return
         self._membership.connect_done(address)
         await self._run_connection(stream, outbound=True, via=address)
 
-    async def _accept(self, stream: trio.SocketStream) -> None:
+    async def _accept(self, socket_stream: trio.SocketStream) -> None:
+        stream: trio.abc.Stream = socket_stream
+        if self.config.tls is not None:
+            try:
+                stream = await self.config.tls.accept(socket_stream, self.config.handshake_timeout)
+            except SecurityError:  # logged by the TLS config; keep serving the others
+                return
         await self._run_connection(stream, outbound=False, via=None)
 
     async def _run_connection(self, stream: trio.abc.Stream, *, outbound: bool, via: Address | None) -> None:
@@ -851,7 +862,9 @@ class Node:
         try:
             try:
                 hello = await connection.handshake(self.config.handshake_timeout)
-            except (ProtocolError, OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                if self.config.tls is not None:  # the certificate must name the node id it announced
+                    self.config.tls.check_peer(stream, hello.node_id)
+            except (ProtocolError, SecurityError, OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 log.info("handshake with %s failed: %s", via or "inbound peer", exc)
                 if isinstance(exc, ProtocolError):
                     self.stats["protocol_errors"] += 1
