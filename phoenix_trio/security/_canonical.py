@@ -67,9 +67,9 @@ def _canon(value: Any) -> Any:
         return {k: _canon(v) for _, k, v in entries}
     if kind is list or kind is tuple or isinstance(value, (list, tuple)):
         return [_canon(item) for item in value]
-    if isinstance(value, (str, bytes, int, float, _dt.datetime)):  # subclasses (serialization.Atom ...)
-        return value
-    return value  # bytearray/memoryview are packed as bin; anything else fails in the packer
+    # scalars' subclasses (serialization.Atom ...) pack as their base type; bytearray and
+    # memoryview as bin; anything else fails in the packer with EncodeError
+    return value
 
 
 def _first(entry: tuple[Any, ...]) -> Any:
@@ -83,23 +83,28 @@ def _pack(array: list[Any]) -> bytes:
         raise EncodeError(f"message cannot be put in canonical form: {exc}") from None
 
 
-def _record(record: Any, fields: tuple[str, ...]) -> list[Any] | None:
-    if record is None:
+def _delivery(d: Any) -> list[Any] | None:
+    if d is None:
         return None
-    return [getattr(record, name) for name in fields]
+    return [
+        d.delivery_mode,
+        d.timeout,
+        d.retry_strategy,
+        d.max_retries,
+        d.ordering_requirement,
+        d.acknowledgment_required,
+        d.duplicate_detection,
+    ]
 
 
-_DELIVERY = (
-    "delivery_mode",
-    "timeout",
-    "retry_strategy",
-    "max_retries",
-    "ordering_requirement",
-    "acknowledgment_required",
-    "duplicate_detection",
-)
-_ROUTING = ("pattern", "target", "topic", "priority", "pipeline_id", "ordering", "fanout_strategy", "correlation_id")
-_QOS = ("priority", "consistency", "latency_budget_ms", "ttl_ms")
+def _routing(r: Any) -> list[Any] | None:
+    if r is None:
+        return None
+    return [r.pattern, r.target, r.topic, r.priority, r.pipeline_id, r.ordering, r.fanout_strategy, r.correlation_id]
+
+
+def _qos(q: Any) -> list[Any] | None:
+    return None if q is None else [q.priority, q.consistency, q.latency_budget_ms, q.ttl_ms]
 
 
 def canonical_bytes(message: Message, purpose: str) -> bytes:
@@ -139,10 +144,10 @@ def canonical_bytes(message: Message, purpose: str) -> bytes:
             _canon(message.data),
             None if trace is None else [trace.trace_id, trace.span_id, trace.flags, trace.tracestate],
             None if clock is None else dict(sorted(clock.entries.items(), key=_encoded_key)),
-            _record(message.delivery, _DELIVERY),
-            _record(message.routing, _ROUTING),
+            _delivery(message.delivery),
+            _routing(message.routing),
             security,
-            _record(message.qos, _QOS),
+            _qos(message.qos),
             _canon(dict(extensions)) if extensions else None,
         ]
     )

@@ -21,7 +21,6 @@ nonce is remembered only once everything passed.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import hmac
 import os
 from typing import Any
@@ -51,8 +50,6 @@ NONCE_SIZE = 16
 MAC_SIZE = 32
 MAX_SIGNATURE = 132
 
-_sha256 = hashlib.sha256
-
 
 def _rebuild(message: Message, data: Any, security: SecurityInfo | None) -> Message:
     """``message`` with new data and security (every other field kept, the responder too)."""
@@ -78,7 +75,7 @@ def _rebuild(message: Message, data: Any, security: SecurityInfo | None) -> Mess
 
 
 def _mac(key: SymmetricKey, message: Message) -> bytes:
-    return hmac.new(key.mac_key, canonical_bytes(message, MAC_PURPOSE), _sha256).digest()
+    return hmac.digest(key.mac_key, canonical_bytes(message, MAC_PURPOSE), "sha256")
 
 
 def secure_message(message: Message, context: SecurityContext, *, now: _dt.datetime | None = None) -> Message:
