@@ -197,6 +197,9 @@ class TlsConfig:
             self._refused(peer, reason)
             await trio.aclose_forcefully(tls)
             raise TlsError(peer, reason) from None
+        except BaseException:  # cancelled (node closing): leave no socket behind
+            await trio.aclose_forcefully(tls)
+            raise
         self.stats["handshakes"] += 1
 
     def check_peer(self, stream: trio.abc.Stream, node_id: str) -> None:
