@@ -727,3 +727,11 @@ def test_secure_refuses_data_without_canonical_form() -> None:
 
     with pytest.raises(EncodeError):
         sec.secure_message(message().evolve(data={"x": object()}), context())
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_received_data_without_canonical_form_is_a_security_error(level: str) -> None:
+    """Whatever a peer puts in ``data``, verification answers with a SecurityError."""
+    out = secured(LEVELS[level]).evolve(data={"x": {1, 2}})
+    with pytest.raises(sec.MessageSecurityError):
+        verify(out, LEVELS[level])

@@ -224,7 +224,11 @@ def verify_message(message: Message, context: SecurityContext, *, now: _dt.datet
         _validity(message, trusted, now, skew)
         if trusted.algorithm != s.signature_alg:
             raise _fail(BadSignature, message, f"key {trusted.key_id!r} is an {trusted.algorithm} key, not {s.signature_alg}", trusted.key_id)
-        if not trusted.verify(canonical_bytes(message, SIGNATURE_PURPOSE), s.signature):
+        try:
+            signed = canonical_bytes(message, SIGNATURE_PURPOSE)
+        except EncodeError as exc:
+            raise _fail(BadSignature, message, f"the message has no canonical form: {exc}") from None
+        if not trusted.verify(signed, s.signature):
             raise _fail(BadSignature, message, f"the signature does not verify with key {trusted.key_id!r}", trusted.key_id)
 
     # 2. the payload
@@ -236,7 +240,7 @@ def verify_message(message: Message, context: SecurityContext, *, now: _dt.datet
             data = unpack_data(
                 _aead.decrypt(s.encryption_alg, key.encryption_key, s.encryption_nonce, associated_data(message), message.data)
             )
-        except ValueError as exc:
+        except ValueError as exc:  # truncated, modified or wrong key (EncodeError is a ValueError too)
             raise _fail(DecryptionFailed, message, f"cannot decrypt the payload: {exc}", key.key_id) from None
         plain = _rebuild(message, data, s)
 
