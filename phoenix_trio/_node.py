@@ -45,6 +45,7 @@ from ._errors import (
     NodeUnreachable,
     ProtocolError,
     RequestTimeout,
+    SecurityError,
 )
 from ._ids import IdBlock, new_id
 from ._ids import reserve as reserve_ids
@@ -92,6 +93,9 @@ from ._peer_protocol import (
     node_id_ok,
 )
 from ._taxonomy import message_characteristics, validate_type
+from .security._context import SecurityContext
+from .security._gate import REJECTED_KIND, SecurityGate, rejection_error
+from .security._tls import TlsConfig
 from ._trace import _current as _current_trace
 from ._trace import _resolve as _resolve_trace
 from ._trace import next_hop_trace, random_bases
@@ -165,6 +169,8 @@ class NodeConfig:
     delivery_window: int = 65536  # reliable messages outstanding per (target node, agent) before send waits
     retry_base: float = 0.05  # first backoff step, seconds
     retry_cap: float = 10.0  # longest backoff, seconds
+    security: SecurityContext | None = None  # see phoenix_trio.security and docs/security.md
+    tls: TlsConfig | None = None  # security.configure_tls(...): peer connections over TLS
 
 
 class _Receipt:
@@ -298,6 +304,7 @@ class Node:
         self._eo_streams = ExactlyOnceStreams(window=config.dedup_window)
         self._dedup_log: DedupLog | None = None
         self._fsync_waiters: list[tuple[Connection, str, int]] = []
+        self.security = SecurityGate(self, config.security) if config.security is not None else None
         self.closed = False
         self.stats = {
             "sent": 0, "received": 0, "dropped_unknown_agent": 0, "encode_failures": 0, "protocol_errors": 0, "dropped_unknown_service": 0,
@@ -364,12 +371,22 @@ class Node:
     # -- agents -------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def agent(self, agent_id: str, *, capacity: int | None = None, group: str | None = None) -> AsyncIterator[Agent]:
-        """Register ``agent_id`` (optionally in ``group``) for the duration of the block."""
+    async def agent(
+        self, agent_id: str, *, capacity: int | None = None, group: str | None = None, security: SecurityContext | None = None
+    ) -> AsyncIterator[Agent]:
+        """Register ``agent_id`` (optionally in ``group``) for the duration of the block.
+
+        ``security``: a context that secures what this agent sends to other nodes (its own
+        identity and keys); needs a node opened with ``security=``.
+        """
         if type(agent_id) is not str or not 0 < len(agent_id) <= 256:
             raise ConfigurationError("agent ids are non-empty strings of at most 256 characters")
         if agent_id in self._inboxes:
             raise ConfigurationError(f"agent {agent_id!r} is already registered on this node")
+        if security is not None:
+            if self.security is None:
+                raise ConfigurationError("an agent's security context needs a node opened with security=")
+            self.security.add_agent(agent_id, security)
         inbox = Inbox(agent_id, capacity or self.config.inbox_capacity)
         self._inboxes[agent_id] = inbox
         self.directory.add_local(agent_id, group)
@@ -378,6 +395,8 @@ class Node:
         try:
             yield Agent(self, agent_id, inbox, group)
         finally:
+            if security is not None and self.security is not None:
+                self.security.remove_agent(agent_id)
             self._inboxes.pop(agent_id, None)
             self.directory.remove_local(agent_id)
             inbox.close()
@@ -609,6 +628,8 @@ class Node:
         if connection is None or connection.closed:
             raise NodeUnreachable(node, "not connected")
         entry = (template, data, agent_id, _current_trace.get(), correlation_id, flags)
+        if self.security is not None:
+            entry = self.security.outgoing(entry)
         if not connection.try_enqueue(entry):
             await connection.enqueue(entry, wait=wait)
         await self._after_send()
@@ -636,6 +657,8 @@ class Node:
         self._track(Outstanding(node, agent_id, epoch, seq, mode, entry, template.policy, receipt=receipt))
         connection = self._connections.get(node)
         if connection is not None and not connection.closed:
+            if self.security is not None:
+                entry = self.security.outgoing(entry)  # each transmission gets a fresh nonce
             if not connection.try_enqueue(entry):
                 try:
                     await connection.enqueue(entry, wait=wait)
@@ -676,6 +699,8 @@ class Node:
                 self._track(Outstanding(node, agent_id, epoch, seq, mode, entry, policy))
             else:
                 entry = (message, flags)
+            if self.security is not None:
+                entry = self.security.outgoing(entry)
             if not connection.try_enqueue(entry):
                 await connection.enqueue(entry, wait=wait)
         await self._after_send()
@@ -790,6 +815,8 @@ class Node:
                 if connection is None or connection.closed:
                     raise NodeUnreachable(node_id, "requester's node is gone")
                 entry = (template, data, request.source, _current_trace.get(), request.correlation_id, FLAG_REPLY)
+                if self.security is not None:
+                    entry = self.security.outgoing(entry)
                 await connection.enqueue(entry)
 
             self._responders[node_id] = responder
@@ -984,8 +1011,10 @@ class Node:
                 if isinstance(action, Resend):
                     item = action.item
                     connection = self._connections.get(item.node)
-                    if connection is not None and not connection.closed and connection.try_enqueue(item.entry):
-                        self.stats["retransmitted"] += 1
+                    if connection is not None and not connection.closed:
+                        entry = item.entry if self.security is None else self.security.outgoing(item.entry)
+                        if connection.try_enqueue(entry):
+                            self.stats["retransmitted"] += 1
                 else:
                     self._delivery_failed(action.item, action.reason)
             if self._tracker_room:
@@ -1032,15 +1061,23 @@ class Node:
         assert self._membership is not None
         try:
             with trio.fail_after(self.config.connect_timeout):
-                stream = await trio.open_tcp_stream(*address)
-        except (OSError, trio.TooSlowError) as exc:
+                stream: trio.abc.Stream = await trio.open_tcp_stream(*address)
+            if self.config.tls is not None:  # refusals are logged by the TLS config
+                stream = await self.config.tls.connect(stream, address[0], self.config.handshake_timeout)
+        except (OSError, trio.TooSlowError, SecurityError) as exc:
             log.debug("connect to %s:%d failed: %s", *address, exc)
             self._membership.connect_done(address)
             return
         self._membership.connect_done(address)
         await self._run_connection(stream, outbound=True, via=address)
 
-    async def _accept(self, stream: trio.SocketStream) -> None:
+    async def _accept(self, socket_stream: trio.SocketStream) -> None:
+        stream: trio.abc.Stream = socket_stream
+        if self.config.tls is not None:
+            try:
+                stream = await self.config.tls.accept(socket_stream, self.config.handshake_timeout)
+            except SecurityError:  # logged by the TLS config; keep serving the others
+                return
         await self._run_connection(stream, outbound=False, via=None)
 
     async def _run_connection(self, stream: trio.abc.Stream, *, outbound: bool, via: Address | None) -> None:
@@ -1049,7 +1086,9 @@ class Node:
         try:
             try:
                 hello = await connection.handshake(self.config.handshake_timeout)
-            except (ProtocolError, OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                if self.config.tls is not None:  # the certificate must name the node id it announced
+                    self.config.tls.check_peer(stream, hello.node_id)
+            except (ProtocolError, SecurityError, OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 log.info("handshake with %s failed: %s", via or "inbound peer", exc)
                 if isinstance(exc, ProtocolError):
                     self.stats["protocol_errors"] += 1
@@ -1129,6 +1168,8 @@ class Node:
 
     async def _on_peer_event(self, connection: Connection, event: object) -> None:
         if isinstance(event, DataBatch):
+            if self.security is not None:
+                event = self.security.screen(connection, event)
             await self._on_data(connection, event)
         elif isinstance(event, Delivered):
             self._on_delivered(connection, event)
@@ -1172,7 +1213,11 @@ class Node:
         if event.kind == "agent_not_found":
             agent_id = event.detail
             error: Exception = AgentNotFound(agent_id)
+        elif event.kind == REJECTED_KIND:
+            error = rejection_error(connection.peer_id, event.detail)
+            agent_id = error.agent_id
         else:
+            agent_id = event.detail
             error = NodeUnreachable(connection.peer_id, f"{event.kind}: {event.detail}")
         pending = self._pending_requests.get(event.correlation_id)
         if pending is not None and not pending.event.is_set():
@@ -1180,7 +1225,7 @@ class Node:
             pending.event.set()
         waiter = self._pending_acks.get(event.correlation_id)
         if waiter is not None:
-            waiter.failed[event.detail] = error
+            waiter.failed[agent_id] = error
             waiter.settle()
 
     async def _on_data(self, connection: Connection, batch: DataBatch) -> None:
