@@ -24,6 +24,8 @@ import logging
 import math
 import os
 import random
+import re
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
@@ -39,7 +41,9 @@ from ._directory import Directory
 from ._errors import (
     AgentNotFound,
     Backpressure,
+    CircuitOpen,
     ConfigurationError,
+    DecodeError,
     DeliveryFailed,
     EncodeError,
     NodeUnreachable,
@@ -54,6 +58,13 @@ from ._delivery import ACCEPT as STREAM_ACCEPT
 from ._delivery import ALO, EO, SEQ_MASK, DeliveryTracker, ExactlyOnceStreams, Failed, Outstanding, Resend, pack_dseq, unpack_dseq
 from ._delivery import DUPLICATE_QUEUED as STREAM_DUPLICATE_QUEUED
 from ._delivery import DUPLICATE_TAKEN as STREAM_DUPLICATE_TAKEN
+from ._flow import BACKPRESSURE as FLOW_BACKPRESSURE
+from ._flow import DROPPED_NEWEST as FLOW_DROPPED_NEWEST
+from ._flow import QUEUED as FLOW_QUEUED
+from ._flow import REJECTED as FLOW_REJECTED
+from ._flow import SPILL as FLOW_SPILL
+from ._flow import WAIT as FLOW_WAIT
+from ._flow import FlowControl, FlowStatistics, SpillStore, TargetQueue, decode_spilled, encode_spilled
 from ._inbox import HANDLED, TAKEN, Inbox
 from ._retry import RetryPolicy
 from ._service import Service
@@ -101,6 +112,8 @@ from ._trace import _resolve as _resolve_trace
 from ._trace import next_hop_trace, random_bases
 from ._vclock import LocalClock
 from .effects import SetTimer
+from .serialization._msgpack import decode as _msgpack_decode
+from .serialization._msgpack import encode as _msgpack_encode
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +238,134 @@ class MemberView:
     connected: bool
 
 
+class _FlowTarget:
+    """The running side of one flow-controlled target: its queue, drain task and spill store."""
+
+    def __init__(self, node: Node, target: str, config: FlowControl) -> None:
+        self.node = node
+        self.target = target
+        self.config = config
+        self.queue = TargetQueue(target, config)
+        self._drain_lot = trio.lowlevel.ParkingLot()
+        self._released_lot = trio.lowlevel.ParkingLot()
+        self._cancel = trio.CancelScope()
+        self._replays: deque[_Receipt] = deque()
+        self.store: SpillStore | None = None
+        if config.backpressure_strategy == "spill_to_disk":
+            assert config.spill_dir is not None
+            directory = os.path.join(config.spill_dir, re.sub(r"[^A-Za-z0-9._-]", "_", target))
+            self.store = SpillStore(directory, segment_bytes=config.segment_bytes, max_bytes=config.max_spill_bytes)
+            self.queue.spilled_pending = self.store.pending_records()  # from an earlier run: replayed first
+            if self.queue.spilled_pending:
+                self.queue.active = True
+
+    def wake(self) -> None:
+        if self._drain_lot:
+            self._drain_lot.unpark_all()
+
+    def _commit_replays(self) -> None:
+        """Spilled messages leave the disk once delivered (acknowledged, for reliable ones), in order."""
+        done = 0
+        replays = self._replays
+        while replays and replays[0]._event.is_set():
+            replays.popleft()
+            done += 1
+        if done and self.store is not None:
+            self.store.commit(done)
+
+    async def wait_released(self) -> None:
+        await self._released_lot.park()
+
+    def report(self) -> None:
+        transitions = self.queue.transitions
+        if not transitions:
+            return
+        self.queue.transitions = []
+        for state, length in transitions:
+            if state == "released":
+                self._released_lot.unpark_all()
+            self.node.emit_telemetry(
+                "flow.backpressure", {"target": self.target, "state": state, "queued": length, **attrs.asdict(self.queue.statistics())}
+            )
+
+    def spill(self, messages: list[Message]) -> bool:
+        assert self.store is not None
+        return self.store.append([encode_spilled(self.target, _msgpack_encode(m)) for m in messages])
+
+    def alternative(self) -> str | None:
+        """Where ``redirect`` sends an overflowing message: ``redirect_to``, or the target's group."""
+        candidates = list(self.config.redirect_to)
+        if not candidates:
+            directory = self.node.directory
+            group = directory.local.get(self.target) or directory.remote.get(self.target, (None, None))[1]
+            candidates = directory.group_members(group or self.target)
+        candidates = [c for c in candidates if c != self.target]
+        return self.node.balancer.choose(candidates) if candidates else None
+
+    def statistics(self) -> FlowStatistics:
+        return self.queue.statistics()
+
+    def remove(self) -> None:
+        """Stop flow control for this target (queued messages are dropped and counted)."""
+        self.node._flows.pop(self.target, None)
+        self.queue.stats.dropped_newest += len(self.queue.queue)
+        self.queue.queue.clear()
+        self._cancel.cancel()
+        self._released_lot.unpark_all()
+        if self.store is not None:
+            self.store.close()
+
+    async def drain(self) -> None:
+        with self._cancel:
+            try:
+                await self._drain()
+            finally:
+                if self.store is not None:
+                    self.store.close()
+
+    async def _drain(self) -> None:
+        node = self.node
+        queue = self.queue
+        while True:
+            self._commit_replays()
+            if queue.wants_replay() and self.store is not None and len(self._replays) < self.config.high_watermark:
+                records = self.store.read(max(1, self.config.high_watermark - len(queue.queue)))
+                messages = []
+                for record in records:
+                    try:
+                        _, payload = decode_spilled(record)
+                        messages.append(_msgpack_decode(payload))
+                    except DecodeError:
+                        log.error("dropped an unreadable spilled message for %s", self.target)
+                queue.replayed(messages)
+                queue.spilled_pending -= len(records) - len(messages)
+                self.report()
+            if not queue.queue:
+                if self._replays:
+                    with trio.move_on_after(0.05):  # also notice replays being acknowledged
+                        await self._drain_lot.park()
+                else:
+                    await self._drain_lot.park()
+                continue
+            entry = queue.take()  # taken before the await: a concurrent drop_oldest cannot touch it
+            self.report()
+            receipt = _Receipt() if isinstance(entry, Message) else None
+            try:
+                await node._flow_deliver(self.target, entry, receipt)
+                if receipt is not None:
+                    self._replays.append(receipt)
+            except (NodeUnreachable, AgentNotFound, CircuitOpen) as exc:
+                queue.queue.appendleft(entry)  # not sent: back to the front of the line
+                queue.stats.sent -= 1
+                if isinstance(exc, CircuitOpen):
+                    await trio.sleep(exc.retry_after or node.config.heartbeat_interval)
+                    continue
+                # The target is away: wait for the cluster to change (it may come back),
+                # keeping the queue (and the spill) meanwhile.
+                with trio.move_on_after(node.config.heartbeat_interval):
+                    await node._changed.wait()
+
+
 class Agent:
     """A registered agent: iterate it for its messages; send and request as it.
 
@@ -304,6 +445,8 @@ class Node:
         self._eo_streams = ExactlyOnceStreams(window=config.dedup_window)
         self._dedup_log: DedupLog | None = None
         self._fsync_waiters: list[tuple[Connection, str, int]] = []
+        self._flows: dict[str, _FlowTarget] = {}
+        self._telemetry: set[trio.MemorySendChannel[Message]] = set()
         self.security = SecurityGate(self, config.security) if config.security is not None else None
         self.closed = False
         self.stats = {
@@ -518,9 +661,115 @@ class Node:
         """
         if data.__class__ not in _WIRE_TYPES:
             _check_encodable(data)
+        if self._flows and target in self._flows:
+            await self._flow_send(self._flows[target], (type, source, delivery, priority, data, _current_trace.get()), wait)
+            return
         agent_id, node = self._route(target)
         template = self._template(type, source, agent_id, delivery, priority, "point_to_point", data.__class__ is bytes)
         await self._deliver(agent_id, node, template, data, None, 0, wait)
+
+    # -- flow control ------------------------------------------------------------------------
+
+    def flow_control(self, target: str, config: FlowControl | None = None, **options: Any) -> _FlowTarget:
+        """Put a flow-controlled queue in front of ``target`` (see :mod:`phoenix_trio._flow`).
+
+        Returns its handle (``statistics()``, ``remove()``); spilled messages found in the
+        spill directory from an earlier run are replayed first.
+        """
+        if target in self._flows:
+            raise ConfigurationError(f"{target!r} already has flow control")
+        config = attrs.evolve(config or FlowControl(), **options) if options else config or FlowControl()
+        assert self._nursery is not None, "the node is not running"
+        flow = _FlowTarget(self, target, config)
+        self._flows[target] = flow
+        self._nursery.start_soon(flow.drain)
+        return flow
+
+    async def _flow_send(self, flow: _FlowTarget, entry: tuple[Any, ...], wait: bool) -> None:
+        queue = flow.queue
+        while True:
+            decision = queue.offer(entry, can_wait=wait)
+            flow.report()
+            if decision == FLOW_QUEUED:
+                flow.wake()
+                await self._after_send()
+                return
+            if decision == FLOW_WAIT:
+                await flow.wait_released()
+                continue
+            if decision == FLOW_DROPPED_NEWEST:
+                await self._after_send()
+                return
+            if decision in (FLOW_BACKPRESSURE, FLOW_REJECTED):
+                raise Backpressure(flow.target, "backpressure active" if decision == FLOW_BACKPRESSURE else "queue full: rejected")
+            if decision == FLOW_SPILL:
+                if not flow.spill([self._flow_message(flow.target, entry)]):
+                    queue.spilled_pending -= 1
+                    queue.stats.spilled -= 1
+                    queue.stats.rejected += 1
+                    raise Backpressure(flow.target, "queue full and the spill store is full")
+                flow.wake()
+                return
+            # redirect
+            alternative = flow.alternative()
+            if alternative is None:
+                raise Backpressure(flow.target, "queue full and no alternative target to redirect to")
+            type_, source, delivery, priority, data, _ = entry
+            await self.send(alternative, data, type=type_, source=source, delivery=delivery, priority=priority, wait=wait)
+            return
+
+    def _flow_message(self, target: str, entry: tuple[Any, ...]) -> Message:
+        """A complete Message for a queued send (spilled to disk, or replayed from it)."""
+        type_, source, delivery, priority, data, trace = entry
+        template = self._template(type_, source, target, delivery, priority, "point_to_point", data.__class__ is bytes)
+        token = _current_trace.set(trace)
+        try:
+            return self._build(template, data, target, None)
+        finally:
+            _current_trace.reset(token)
+
+    async def _flow_deliver(self, target: str, entry: Any, receipt: _Receipt | None = None) -> None:
+        """The drain's send: a queued send (routed now) or a Message replayed from disk."""
+        if isinstance(entry, Message):
+            agent_id, node = self._route(target)
+            message = entry if entry.subject == agent_id else entry.evolve(subject=agent_id)
+            await self._deliver_message(agent_id, node, message, 0, True, receipt)
+            return
+        type_, source, delivery, priority, data, trace = entry
+        agent_id, node = self._route(target)
+        template = self._template(type_, source, agent_id, delivery, priority, "point_to_point", data.__class__ is bytes)
+        token = _current_trace.set(trace)
+        try:
+            await self._deliver(agent_id, node, template, data, None, 0, True)
+        finally:
+            _current_trace.reset(token)
+
+    # -- telemetry -------------------------------------------------------------------------------
+
+    def emit_telemetry(self, name: str, data: dict[str, Any], *, type: str = "phoenix.telemetry.metric.update") -> None:
+        """Hand an observability message to every telemetry watcher (dropped for full watchers)."""
+        if not self._telemetry:
+            return
+        message = Message.new({"metric": name, "node": self.id, **data}, type=type, source=self.uri, delivery="at_most_once")
+        for watcher in list(self._telemetry):
+            try:
+                watcher.send_nowait(message)
+            except trio.WouldBlock:
+                pass
+            except trio.BrokenResourceError:
+                self._telemetry.discard(watcher)
+
+    @asynccontextmanager
+    async def watch_telemetry(self, *, buffer: int = 1024) -> AsyncIterator[trio.MemoryReceiveChannel[Message]]:
+        """Observability messages (``phoenix.telemetry.*``) this node emits, as they happen."""
+        send, receive = trio.open_memory_channel[Message](buffer)
+        self._telemetry.add(send)
+        try:
+            async with receive:
+                yield receive
+        finally:
+            self._telemetry.discard(send)
+            send.close()
 
     async def deliver(
         self,
@@ -667,7 +916,9 @@ class Node:
         # Not connected (the node is restarting, or unreachable for now): tracked all the
         # same, and sent again when the retry timer fires and the node is back.
 
-    async def _deliver_message(self, agent_id: str, node: str | None, message: Message, flags: int, wait: bool) -> None:
+    async def _deliver_message(
+        self, agent_id: str, node: str | None, message: Message, flags: int, wait: bool, receipt: _Receipt | None = None
+    ) -> None:
         self.stats["sent"] += 1
         if node is None:
             inbox = self._inboxes.get(agent_id)
@@ -696,13 +947,16 @@ class Node:
                 entry: tuple[Any, ...] = (message, flags | mode_flag, pack_dseq(epoch, seq))
                 assert message.delivery is not None
                 policy = RetryPolicy.from_guarantee(message.delivery, base=self.config.retry_base, cap=self.config.retry_cap)
-                self._track(Outstanding(node, agent_id, epoch, seq, mode, entry, policy))
+                self._track(Outstanding(node, agent_id, epoch, seq, mode, entry, policy, receipt=receipt))
+                receipt = None
             else:
                 entry = (message, flags)
             if self.security is not None:
                 entry = self.security.outgoing(entry)
             if not connection.try_enqueue(entry):
                 await connection.enqueue(entry, wait=wait)
+        if receipt is not None:
+            receipt.succeed()  # nothing further to wait for: in an inbox here, or sent at most once
         await self._after_send()
 
     def _track(self, item: Outstanding) -> None:
