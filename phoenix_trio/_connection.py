@@ -55,7 +55,7 @@ class Connection:
         self._control_bytes = 0
         self._control_lot = trio.lowlevel.ParkingLot()
         # Acknowledgements for reliable messages from the peer, sent with the next write.
-        self._alo_acks: list[tuple[str, int]] = []
+        self._alo_acks: list[list[Any]] = []  # [agent, first dseq, last dseq] ranges
         self._eo_acks: dict[tuple[str, int], int] = {}  # (agent, epoch) -> highest dseq
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._space_lot = trio.lowlevel.ParkingLot()
@@ -256,7 +256,24 @@ class Connection:
             if dseq > self._eo_acks.get(key, 0):
                 self._eo_acks[key] = dseq
         else:
-            self._alo_acks.append((agent, dseq))
+            acks = self._alo_acks
+            if acks and acks[-1][2] + 1 == dseq and acks[-1][0] == agent:
+                acks[-1][2] = dseq  # consecutive: extend the range
+            else:
+                acks.append([agent, dseq, dseq])
+        if self._writer_lot:
+            self._writer_lot.unpark_all()
+
+    def acknowledge_ranges(self, ranges: list[list[Any]]) -> None:
+        """Queue at-least-once acknowledgements, already as [agent, first, last] ranges."""
+        if self.closed:
+            return
+        acks = self._alo_acks
+        for entry in ranges:
+            if acks and acks[-1][2] + 1 == entry[1] and acks[-1][0] == entry[0]:
+                acks[-1][2] = entry[2]
+            else:
+                acks.append(entry)
         if self._writer_lot:
             self._writer_lot.unpark_all()
 

@@ -195,9 +195,10 @@ class DataBatch:
 
 @attrs.frozen(slots=True)
 class Delivered:
-    """Acknowledgements for reliable messages: (agent, dseq) each; exactly-once ones cumulative."""
+    """Acknowledgements for reliable messages: at-least-once ones as (agent, first, last)
+    ranges of consecutive stream positions; exactly-once ones cumulative (agent, dseq)."""
 
-    at_least_once: list[tuple[str, int]]
+    at_least_once: list[tuple[str, int, int]]
     exactly_once: list[tuple[str, int]]
 
 
@@ -443,8 +444,8 @@ class PeerProtocol:
     def acks(self, acks: list[tuple[str, str]]) -> bytes:
         return self._control([Tag.ACKS, [list(a) for a in acks]])
 
-    def delivered(self, at_least_once: list[tuple[str, int]], exactly_once: list[tuple[str, int]]) -> bytes:
-        return self._control([Tag.DELIVERED, [list(a) for a in at_least_once], [list(a) for a in exactly_once]])
+    def delivered(self, at_least_once: list[list[Any]], exactly_once: list[tuple[str, int]]) -> bytes:
+        return self._control([Tag.DELIVERED, at_least_once, [list(a) for a in exactly_once]])
 
     def service(self, name: str, payload: bytes) -> bytes:
         return self._control([Tag.SERVICE, name, payload])
@@ -609,15 +610,21 @@ class PeerProtocol:
                 updates.append(AgentUpdate(_str(entry[0], "agent id", limit=256), _str(entry[1], "group", limit=256, optional=True), entry[2]))
             return Agents(message[1], updates)
         if tag == Tag.DELIVERED and len(message) == 3:
-            lists = []
-            for entries in message[1:]:
-                acks = []
-                for entry in _list(entries, "acknowledgements"):
-                    if type(entry) is not list or len(entry) != 2:
-                        raise _fail("acknowledgement must be [agent_id, position]")
-                    acks.append((_str(entry[0], "agent id", limit=256), _int(entry[1], "position", 1, 2**63 - 1)))
-                lists.append(acks)
-            return Delivered(lists[0], lists[1])
+            ranges = []
+            for entry in _list(message[1], "acknowledgements"):
+                if type(entry) is not list or len(entry) != 3:
+                    raise _fail("at-least-once acknowledgement must be [agent_id, first, last]")
+                first = _int(entry[1], "position", 1, 2**63 - 1)
+                last = _int(entry[2], "position", first, min(2**63 - 1, first + 1_000_000))
+                if first >> 40 != last >> 40:
+                    raise _fail("an acknowledged range cannot span epochs")
+                ranges.append((_str(entry[0], "agent id", limit=256), first, last))
+            cumulative = []
+            for entry in _list(message[2], "acknowledgements"):
+                if type(entry) is not list or len(entry) != 2:
+                    raise _fail("exactly-once acknowledgement must be [agent_id, position]")
+                cumulative.append((_str(entry[0], "agent id", limit=256), _int(entry[1], "position", 1, 2**63 - 1)))
+            return Delivered(ranges, cumulative)
         if tag == Tag.SERVICE and len(message) == 3:
             if type(message[2]) is not bytes:
                 raise _fail("service payload must be bytes")
