@@ -880,6 +880,8 @@ class Node:
         entry = (template, data, agent_id, _current_trace.get(), correlation_id, flags)
         if self.security is not None:
             entry = self.security.outgoing(entry)
+        if flags & FLAG_REQUEST and await connection.send_now(entry):
+            return  # a request waits for its reply anyway: write it now, no hand-off
         if not connection.try_enqueue(entry):
             await connection.enqueue(entry, wait=wait)
         await self._after_send()
@@ -1079,7 +1081,8 @@ class Node:
                 entry = (template, data, request.source, _current_trace.get(), request.correlation_id, FLAG_REPLY)
                 if self.security is not None:
                     entry = self.security.outgoing(entry)
-                await connection.enqueue(entry)
+                if not await connection.send_now(entry):  # the requester is waiting: no hand-off
+                    await connection.enqueue(entry)
 
             self._responders[node_id] = responder
         return responder
