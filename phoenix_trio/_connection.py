@@ -15,6 +15,14 @@ has been written for a heartbeat interval, the writer sends a heartbeat.
 Reading: the reader feeds received bytes to the protocol and hands events to the node,
 which may block on a full inbox; the reader then stops reading and TCP's window closes
 on the sender: backpressure end to end.
+
+Overlay messages (overlay mode) queue separately and go out as overlay frames after the
+control frames of the same write. :meth:`Connection.finish` is the orderly close the
+overlay and the parallel channels use: nothing new is accepted, everything queued is
+written, then a GOODBYE as the very last frame, and the connection closes once the peer
+closes its side (or after ``FINISH_TIMEOUT``). A connection may be told to wait for a
+predecessor (``waits_for``): it then hands no event to the node before the predecessor
+has finished, which keeps one peer's messages in order across successive connections.
 """
 
 from __future__ import annotations
@@ -35,15 +43,18 @@ log = logging.getLogger(__name__)
 RECEIVE_SIZE = 256 * 1024
 MAX_CONTROL_BYTES = 16 * 1024 * 1024
 DIRECT_WRITE_TIMEOUT = 2.0  # seconds a direct (unqueued) write may take before the connection is cut  # service traffic buffered per peer before senders wait
+FINISH_TIMEOUT = 2.0  # after its GOODBYE, a finishing connection waits this long for the peer to close
 
 
 class Connection:
     """See the module docstring."""
 
-    def __init__(self, node: Node, stream: trio.abc.Stream, *, outbound: bool, via: tuple[str, int] | None = None) -> None:
+    def __init__(
+        self, node: Node, stream: trio.abc.Stream, *, outbound: bool, via: tuple[str, int] | None = None, hello: Hello | None = None
+    ) -> None:
         self.node = node
         self.stream = stream
-        self.protocol = PeerProtocol(node._hello, max_frame=node.config.max_frame)
+        self.protocol = PeerProtocol(hello or node._hello, max_frame=node.config.max_frame)
         self.outbound = outbound
         self.via = via
         self.peer: Hello | None = None
@@ -65,6 +76,15 @@ class Connection:
         self._send_lock = trio.StrictFIFOLock()  # one send_all at a time: the writer's or a direct one
         self._cancel_scope: trio.CancelScope | None = None
         self._early_events: list[object] = []
+        # Overlay mode and parallel channels (see the module docstring).
+        self._overlay: list[bytes] = []
+        self._overlay_addresses: dict[str, tuple[str, int]] = {}
+        self._finishing: str | None = None
+        self.finished = trio.Event()  # set once no further event from this connection reaches the node
+        self.waits_for: Connection | None = None
+        self.last_heard = 0.0
+        self.stalled = False  # the node stopped reading from it (a full inbox or service)
+        self.lanes_refused = False  # a primary whose peer's lanes could not be opened: everything rides it
         self.handshake_done = trio.Event()
         self.messages_sent = 0
         self.frames_written = 0
@@ -75,6 +95,23 @@ class Connection:
     def peer_id(self) -> str:
         assert self.peer is not None
         return self.peer.node_id
+
+    @property
+    def channel(self) -> str:
+        """The channel this connection serves: ``"control"`` for a pair's primary connection."""
+        if self.outbound or self.peer is None:
+            return self.protocol.local.channel
+        return self.peer.channel
+
+    @property
+    def lane(self) -> int:
+        if self.outbound or self.peer is None:
+            return self.protocol.local.lane
+        return self.peer.lane
+
+    @property
+    def finishing(self) -> bool:
+        return self._finishing is not None
 
     @property
     def initiator(self) -> str:
@@ -125,6 +162,7 @@ class Connection:
                 nursery.cancel_scope.cancel()
         finally:
             self._mark_closed(self.close_reason or "closed")
+            self.finished.set()
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self.stream)
 
@@ -152,6 +190,9 @@ class Connection:
 
     async def _reader(self) -> None:
         node = self.node
+        if self.waits_for is not None:  # keep the peer's messages in order across connections
+            await self.waits_for.finished.wait()
+            self.waits_for = None
         for event in self._early_events:
             await node._on_peer_event(self, event)
         self._early_events = []
@@ -171,10 +212,15 @@ class Connection:
         stream = self.stream
         protocol = self.protocol
         while True:
-            if not self._pending and not self._control and not self._alo_acks and not self._eo_acks:
+            if not self._pending and not self._control and not self._alo_acks and not self._eo_acks and not self._overlay:
+                if self._finishing is not None:
+                    await self._write_goodbye()
+                    return
                 with trio.move_on_after(interval):
                     await self._writer_lot.park()
-                if not self._pending and not self._control and not self._alo_acks and not self._eo_acks:
+                if not self._pending and not self._control and not self._alo_acks and not self._eo_acks and not self._overlay:
+                    if self._finishing is not None:
+                        continue
                     async with self._send_lock:
                         await stream.send_all(protocol.heartbeat())
                     self.frames_written += 1
@@ -190,6 +236,10 @@ class Connection:
             self._control_bytes = 0
             if self._control_lot:
                 self._control_lot.unpark_all()
+            if self._overlay:
+                chunks.append(protocol.overlay(self._overlay, self._overlay_addresses))
+                self._overlay = []
+                self._overlay_addresses = {}
             entries = self._pending
             self._pending = []
             if self._space_lot:
@@ -209,6 +259,41 @@ class Connection:
             if self._drain_lot and not self._pending and not self._control:
                 self._drain_lot.unpark_all()
 
+    async def _write_goodbye(self) -> None:
+        """The last frame of a finishing connection; then wait for the peer to close its side."""
+        async with self._send_lock:
+            await self.stream.send_all(self.protocol.goodbye(self._finishing or "finished"))
+        self.frames_written += 1
+        if self._drain_lot:
+            self._drain_lot.unpark_all()
+        with trio.move_on_after(FINISH_TIMEOUT):
+            await trio.sleep_forever()  # the reader ends at the peer's EOF, which cancels us
+        self.close_reason = self.close_reason or f"finished: {self._finishing}"
+
+    def finish(self, reason: str) -> None:
+        """Close in order: write everything queued, then a GOODBYE, then close when the peer does."""
+        if self.closed or self._finishing is not None:
+            return
+        self._finishing = reason
+        self.close_reason = self.close_reason or f"finished: {reason}"
+        if self._writer_lot:
+            self._writer_lot.unpark_all()
+
+    def send_overlay(self, message: bytes, addresses: dict[str, tuple[str, int]] | None = None) -> bool:
+        """Queue one encoded overlay message (and the addresses it mentions); False once closing."""
+        if self.closed or self._finishing is not None:
+            return False
+        self._overlay.append(message)
+        if addresses:
+            self._overlay_addresses.update(addresses)
+        if self._writer_lot:
+            self._writer_lot.unpark_all()
+        return True
+
+    @property
+    def overlay_pending(self) -> int:
+        return len(self._overlay)
+
     async def send_now(self, entry: tuple[Any, ...]) -> bool:
         """Write one entry from the caller's task when nothing else is waiting to go.
 
@@ -225,6 +310,8 @@ class Connection:
             or self._control
             or self._alo_acks
             or self._eo_acks
+            or self._overlay
+            or self._finishing is not None
             or self._send_lock.locked()
         ):
             return False
@@ -266,7 +353,7 @@ class Connection:
 
     def try_enqueue(self, entry: tuple[Any, ...]) -> bool:
         """Queue an entry for the writer; False when the pending list is full."""
-        if self.closed:
+        if self.closed or self._finishing is not None:
             raise NodeUnreachable(self.peer.node_id if self.peer else "?", self.close_reason or "connection closed")
         if len(self._pending) >= self.max_pending:
             return False
@@ -283,7 +370,7 @@ class Connection:
             await self._space_lot.park()
 
     def send_control(self, data: bytes) -> None:
-        if self.closed:
+        if self.closed or self._finishing is not None:
             return
         self._control.append(data)
         self._control_bytes += len(data)
@@ -377,6 +464,8 @@ class Connection:
     def _mark_closed(self, reason: str) -> None:
         if self.closed:
             return
+        if self._cancel_scope is None:  # never ran: nothing of it reaches the node
+            self.finished.set()
         self.closed = True
         self.close_reason = self.close_reason or reason
         self._writer_lot.unpark_all()
@@ -388,6 +477,8 @@ class Connection:
         return {
             "peer": self.peer.node_id if self.peer else None,
             "outbound": self.outbound,
+            "channel": self.channel,
+            "lane": self.lane,
             "pending": len(self._pending),
             "messages_sent": self.messages_sent,
             "messages_received": self.protocol.messages_received,

@@ -36,6 +36,7 @@ import trio
 
 from ._balancer import LoadBalancer
 from ._breaker import BreakerConfig, CircuitBreaker
+from ._channels import PRIMARY, ChannelConfig
 from ._connection import Connection
 from ._directory import Directory
 from ._errors import (
@@ -184,6 +185,7 @@ class NodeConfig:
     retry_cap: float = 10.0  # longest backoff, seconds
     security: SecurityContext | None = None  # see phoenix_trio.security and docs/security.md
     tls: TlsConfig | None = None  # security.configure_tls(...): peer connections over TLS
+    channels: ChannelConfig | None = None  # parallel channels (phoenix_trio._channels); None: one connection per peer
 
 
 class _Receipt:
@@ -423,6 +425,10 @@ class Node:
         self.transports: dict[str, Transport] = {"in-process": InProcessTransport(self), "tcp": TcpTransport(self)}
         self._connections: dict[str, Connection] = {}
         self._all_connections: set[Connection] = set()
+        self._channels = config.channels
+        self._lanes_out: dict[tuple[str, str, int], Connection] = {}  # (peer, channel, lane) -> connection we dialled
+        self._lanes_in: dict[tuple[str, str, int], Connection] = {}  # (peer, channel, lane) -> connection the peer dialled
+        self._lane_dials: dict[tuple[str, str, int], trio.Event] = {}
         self._pending_requests: dict[str, _PendingRequest] = {}
         self._pending_acks: dict[str, _PendingAcks] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
@@ -575,15 +581,21 @@ class Node:
         pattern: str,
         binary: bool,
         tracked: bool = True,
+        channel: str | None = None,
     ) -> SendTemplate:
         """The shared envelope for these parameters. ``tracked=False`` turns off the
         transport's acknowledgements and retries (request-response: the reply is the
-        acknowledgement, a lost request surfaces as a timeout)."""
-        key = (type_, source, target, delivery, priority, pattern, binary, tracked)
+        acknowledgement, a lost request surfaces as a timeout). ``channel``: the parallel
+        channel asked for (see :mod:`phoenix_trio._channels`)."""
+        key = (type_, source, target, delivery, priority, pattern, binary, tracked, channel)
         template = self._send_templates.get(key)
         if template is not None:
             return template
         validate_type(type_)
+        if channel is not None:
+            if self._channels is None:
+                raise ConfigurationError("channel= needs a node opened with channels=")
+            self._channels.parallelism(channel)  # raises for an unknown channel
         traits = message_characteristics(type_)
         if delivery is None:
             guarantee = DeliveryGuarantee.build(traits.delivery, ordering=traits.ordering)
@@ -602,6 +614,7 @@ class Node:
             QoSRequirements(priority=routing.priority, consistency=traits.consistency),
             mode=mode,
             policy=RetryPolicy.from_guarantee(guarantee, base=self.config.retry_base, cap=self.config.retry_cap) if mode else None,
+            channel=channel,
         )
         if len(self._send_templates) >= 4096:
             self._send_templates.clear()
@@ -650,6 +663,7 @@ class Node:
         delivery: str | DeliveryGuarantee | None = None,
         priority: str | None = None,
         wait: bool = True,
+        channel: str | None = None,
     ) -> None:
         """Send ``data`` to agent or group ``target``; returns once a transport accepted it.
 
@@ -658,7 +672,8 @@ class Node:
         :class:`~phoenix_trio.Backpressure` instead of waiting. Raises
         :class:`~phoenix_trio.AgentNotFound`, :class:`~phoenix_trio.NodeUnreachable` or
         :class:`~phoenix_trio.CircuitOpen`. A cancellation point; yields to the scheduler
-        at least every few hundred calls.
+        at least every few hundred calls. ``channel``: the parallel channel to use (a node
+        opened with ``channels=``; see :mod:`phoenix_trio._channels`).
         """
         if data.__class__ not in _WIRE_TYPES:
             _check_encodable(data)
@@ -666,7 +681,7 @@ class Node:
             await self._flow_send(self._flows[target], (type, source, delivery, priority, data, _current_trace.get()), wait)
             return
         agent_id, node = self._route(target)
-        template = self._template(type, source, agent_id, delivery, priority, "point_to_point", data.__class__ is bytes)
+        template = self._template(type, source, agent_id, delivery, priority, "point_to_point", data.__class__ is bytes, True, channel)
         await self._deliver(agent_id, node, template, data, None, 0, wait)
 
     # -- flow control ------------------------------------------------------------------------
@@ -781,6 +796,7 @@ class Node:
         type: str = DIRECT_TYPE,
         source: str | None = None,
         priority: str | None = None,
+        channel: str | None = None,
     ) -> None:
         """Send and wait until the receiving node acknowledges the delivery (the design's ``deliver``).
 
@@ -792,7 +808,7 @@ class Node:
         if data.__class__ not in _WIRE_TYPES:
             _check_encodable(data)
         agent_id, node = self._route(target)
-        template = self._template(type, source, agent_id, delivery, priority, "point_to_point", data.__class__ is bytes)
+        template = self._template(type, source, agent_id, delivery, priority, "point_to_point", data.__class__ is bytes, True, channel)
         receipt = _Receipt() if template.mode and node is not None else None
         await self._deliver(agent_id, node, template, data, None, 0, True, receipt=receipt)
         if receipt is not None:
@@ -874,7 +890,10 @@ class Node:
             await self._deliver_reliably(agent_id, node, template, data, correlation_id, flags, wait, receipt)
             await self._after_send()
             return
-        connection = self._connections.get(node)
+        if self._channels is None:
+            connection = self._connections.get(node)
+        else:
+            connection = await self._channel_connection(node, agent_id, template.channel, data, False, wait)
         if connection is None or connection.closed:
             raise NodeUnreachable(node, "not connected")
         entry = (template, data, agent_id, _current_trace.get(), correlation_id, flags)
@@ -914,7 +933,10 @@ class Node:
         if item.deadline < self._retransmit_deadline:
             self._retransmit_deadline = item.deadline
             self._retransmit_wakeup.unpark_all()
-        connection = self._connections.get(node)
+        if self._channels is None:
+            connection = self._connections.get(node)
+        else:
+            connection = await self._channel_connection(node, agent_id, template.channel, None, True, wait)
         if connection is not None and not connection.closed:
             if self.security is not None:
                 entry = self.security.outgoing(entry)  # each transmission gets a fresh nonce
@@ -942,10 +964,13 @@ class Node:
             if flags & FLAG_ACK:
                 self._on_ack(message.correlation_id, agent_id)
         else:
-            connection = self._connections.get(node)
+            mode_flag = _MODE_FLAGS.get(message.delivery.delivery_mode, 0) if message.delivery is not None else 0
+            if self._channels is None:
+                connection = self._connections.get(node)
+            else:
+                connection = await self._channel_connection(node, agent_id, None, message.data, mode_flag != 0, wait)
             if connection is None or connection.closed:
                 raise NodeUnreachable(node, "not connected")
-            mode_flag = _MODE_FLAGS.get(message.delivery.delivery_mode, 0) if message.delivery is not None else 0
             if mode_flag:
                 mode = ALO if mode_flag == FLAG_ALO else EO
                 tracker = self._tracker
@@ -996,6 +1021,7 @@ class Node:
         source: str | None = None,
         delivery: str | DeliveryGuarantee | None = None,
         priority: str | None = None,
+        channel: str | None = None,
     ) -> Message:
         """Send a request and wait for its reply (the reply Message is returned).
 
@@ -1007,7 +1033,7 @@ class Node:
         timeout = self.config.request_timeout if timeout is None else timeout
         agent_id, node = self._route(target)
         correlation_id = new_id()
-        template = self._template(type, source, agent_id, delivery, priority, "request_response", data.__class__ is bytes, False)
+        template = self._template(type, source, agent_id, delivery, priority, "request_response", data.__class__ is bytes, False, channel)
         pending = _PendingRequest(agent_id, node)
         self._pending_requests[correlation_id] = pending
         breaker = self._breaker(agent_id)
@@ -1053,6 +1079,7 @@ class Node:
         return "closed" if breaker is None else breaker.state(trio.current_time())
 
     def _reply_template(self, request: Message, data: Any, options: dict[str, Any]) -> SendTemplate:
+        # A reply's channel (reply(..., channel=)) is chosen by the responder, not kept in the template.
         return self._template(
             options.get("type", REPLY_TYPE),
             node_uri(self.id, request.subject or "?"),
@@ -1075,7 +1102,10 @@ class Node:
 
             async def responder(request: Message, data: Any, options: dict[str, Any]) -> None:
                 template = self._reply_template(request, data, options)
-                connection = self._connections.get(node_id)
+                if self._channels is None:
+                    connection = self._connections.get(node_id)
+                else:
+                    connection = await self._channel_connection(node_id, request.source, options.get("channel"), data, False, True)
                 if connection is None or connection.closed:
                     raise NodeUnreachable(node_id, "requester's node is gone")
                 entry = (template, data, request.source, _current_trace.get(), request.correlation_id, FLAG_REPLY)
@@ -1275,7 +1305,10 @@ class Node:
             for action in tracker.due(trio.current_time()):
                 if isinstance(action, Resend):
                     item = action.item
-                    connection = self._connections.get(item.node)
+                    if self._channels is None:
+                        connection = self._connections.get(item.node)
+                    else:
+                        connection = self._lane_now(item.node, item.agent, self._entry_channel(item.entry), None, True)
                     if connection is not None and not connection.closed:
                         entry = item.entry if self.security is None else self.security.outgoing(item.entry)
                         if connection.try_enqueue(entry):
@@ -1330,6 +1363,110 @@ class Node:
             if log_.needs_compaction(len(live)):
                 log_.compact(live)
 
+    # -- parallel channels (see _channels.py) -----------------------------------------------
+
+    def _lane_now(self, node: str, agent_id: str, asked: str | None, data: Any, tracked: bool) -> Connection | None:
+        """The connection for a message right now, without waiting for a lane to open."""
+        assert self._channels is not None
+        primary = self._connections.get(node)
+        name = self._channels.choose(asked, data, tracked)
+        if name == PRIMARY or primary is None or primary.closed or primary.lanes_refused:
+            return primary
+        lane = self._lanes_out.get((node, name, self._channels.lane(name, agent_id)))
+        return lane if lane is not None and not lane.closed and not lane.finishing else primary
+
+    async def _channel_connection(
+        self, node: str, agent_id: str, asked: str | None, data: Any, tracked: bool, wait: bool
+    ) -> Connection | None:
+        """The connection that carries this message (opening its lane first if needed)."""
+        channels = self._channels
+        assert channels is not None
+        primary = self._connections.get(node)
+        name = channels.choose(asked, data, tracked)
+        if name == PRIMARY or primary is None or primary.closed or primary.lanes_refused:
+            return primary
+        key = (node, name, channels.lane(name, agent_id))
+        lane = self._lanes_out.get(key)
+        if lane is not None and not lane.closed and not lane.finishing:
+            return lane
+        # Not open yet: wait for it (its messages must not take the primary meanwhile,
+        # or they could overtake each other when the lane comes up).
+        if not wait:
+            raise Backpressure(agent_id, f"channel {name!r} to node {node!r} is connecting")
+        done = self._lane_dials.get(key)
+        if done is None and self._nursery is not None and not self.closed:
+            done = self._lane_dials[key] = trio.Event()
+            self._nursery.start_soon(self._dial_lane, primary, key, done)
+        if done is not None:
+            await done.wait()
+        lane = self._lanes_out.get(key)
+        if lane is not None and not lane.closed and not lane.finishing:
+            return lane
+        return primary  # could not open it: primary.lanes_refused is set, so this stays in order
+
+    @staticmethod
+    def _entry_channel(entry: tuple[Any, ...]) -> str | None:
+        return entry[0].channel if len(entry) >= 6 else None
+
+    async def _dial_lane(self, primary: Connection, key: tuple[str, str, int], done: trio.Event) -> None:
+        """Open one lane to a peer (dialled by this node, which alone sends on it)."""
+        node, name, index = key
+        peer = primary.peer
+        assert peer is not None
+        address = primary.via if primary.outbound and primary.via is not None else (peer.host, peer.port)
+        connection: Connection | None = None
+        try:
+            try:
+                if address[1] == 0:
+                    raise ConnectionRefusedError("the peer accepts no connections")
+                with trio.fail_after(self.config.connect_timeout):
+                    stream: trio.abc.Stream = await trio.open_tcp_stream(*address)
+                if self.config.tls is not None:
+                    stream = await self.config.tls.connect(stream, address[0], self.config.handshake_timeout)
+                connection = Connection(self, stream, outbound=True, via=address, hello=attrs.evolve(self._hello, channel=name, lane=index))
+                self._all_connections.add(connection)
+                hello = await connection.handshake(self.config.handshake_timeout)
+                if self.config.tls is not None:
+                    self.config.tls.check_peer(stream, hello.node_id)
+                if hello.node_id != node or hello.incarnation != peer.incarnation:
+                    raise ProtocolError(f"lane to {node!r} reached {hello.node_id!r} (incarnation {hello.incarnation})")
+            except (ProtocolError, SecurityError, OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                log.warning("channel %s to %s unavailable, using the primary connection: %s", name, node, exc)
+                primary.lanes_refused = True
+                if connection is not None:
+                    await trio.aclose_forcefully(connection.stream)
+                return
+            if primary.closed or self.closed:
+                await trio.aclose_forcefully(connection.stream)
+                return
+            self._lanes_out[key] = connection
+            done.set()
+            await connection.run()
+        finally:
+            done.set()
+            if self._lane_dials.get(key) is done:
+                del self._lane_dials[key]
+            if connection is not None:
+                self._all_connections.discard(connection)
+                if self._lanes_out.get(key) is connection:
+                    del self._lanes_out[key]
+
+    def _register_lane(self, connection: Connection, hello: Hello) -> bool:
+        """Adopt a lane a peer opened to us: receive only, after its predecessor on that lane."""
+        if self.closed:
+            return False
+        key = (hello.node_id, hello.channel, hello.lane)
+        previous = self._lanes_in.get(key)
+        if previous is not None and not previous.closed and previous.peer is not None and previous.peer.incarnation == hello.incarnation:
+            connection.waits_for = previous
+        self._lanes_in[key] = connection
+        return True
+
+    def _close_lanes(self, node_id: str, reason: str) -> None:
+        for lanes in (self._lanes_out, self._lanes_in):
+            for key in [k for k in lanes if k[0] == node_id]:
+                lanes.pop(key).close(reason)
+
     # -- connections ------------------------------------------------------------------------
 
     async def _connect(self, address: Address) -> None:
@@ -1374,7 +1511,11 @@ class Node:
                             pass
                 await trio.aclose_forcefully(stream)
                 return
-            if not self._register(connection, hello, via):
+            if hello.channel != PRIMARY:
+                registered = self._register_lane(connection, hello)
+            else:
+                registered = self._register(connection, hello, via)
+            if not registered:
                 if self.closed:
                     await connection.goodbye_now("node shutting down")
                 await trio.aclose_forcefully(stream)
@@ -1382,6 +1523,10 @@ class Node:
             await connection.run()
         finally:
             self._all_connections.discard(connection)
+            if connection.peer is not None and connection.peer.channel != PRIMARY:
+                key = (connection.peer.node_id, connection.peer.channel, connection.peer.lane)
+                if self._lanes_in.get(key) is connection:
+                    del self._lanes_in[key]
             if self._connections.get(connection.peer.node_id if connection.peer else "") is connection:
                 self._unregister(connection, trio.current_time())
 
@@ -1416,6 +1561,8 @@ class Node:
         node_id = connection.peer.node_id
         if self._connections.get(node_id) is connection:
             del self._connections[node_id]
+            if self._lanes_out or self._lanes_in:
+                self._close_lanes(node_id, connection.close_reason or "primary connection closed")
             self._fail_node(node_id, connection.close_reason or "connection closed")
             if self._membership is not None and not self.closed:
                 self._apply(self._membership.disconnected(node_id, now))
@@ -1473,6 +1620,9 @@ class Node:
                 self._on_ack(correlation_id, agent_id)
         elif isinstance(event, RequestFailed):
             self._on_request_failed(connection, event)
+        elif isinstance(event, Goodbye) and connection.channel != PRIMARY:
+            connection.close_reason = f"peer closed the lane: {event.reason}"
+            connection.close(connection.close_reason)
         elif isinstance(event, Goodbye):
             assert self._membership is not None
             connection.close_reason = f"peer left: {event.reason}"
