@@ -85,6 +85,10 @@ class Connection:
         self.last_heard = 0.0
         self.stalled = False  # the node stopped reading from it (a full inbox or service)
         self.lanes_refused = False  # a primary whose peer's lanes could not be opened: everything rides it
+        # Bytes of message data per write (at least one message); None: everything pending.
+        # Set on the lanes of a channel for large messages, so one write (and the peer's
+        # decoding of it) never holds the event loop for long.
+        self.batch_bytes: int | None = None
         self.handshake_done = trio.Event()
         self.messages_sent = 0
         self.frames_written = 0
@@ -241,7 +245,10 @@ class Connection:
                 self._overlay = []
                 self._overlay_addresses = {}
             entries = self._pending
-            self._pending = []
+            if self.batch_bytes is not None and len(entries) > 1:
+                entries = self._take_budget(entries)
+            else:
+                self._pending = []
             if self._space_lot:
                 self._space_lot.unpark_all()
             if entries:
@@ -258,6 +265,19 @@ class Connection:
                     self._writing = False
             if self._drain_lot and not self._pending and not self._control:
                 self._drain_lot.unpark_all()
+
+    def _take_budget(self, entries: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        budget = self.batch_bytes or 0
+        size = 0
+        taken = 0
+        for entry in entries:
+            data = entry[1] if len(entry) >= 6 else getattr(entry[0], "data", None)
+            size += len(data) if data.__class__ in (bytes, str, bytearray) else 64
+            taken += 1
+            if size >= budget:
+                break
+        self._pending = entries[taken:]
+        return entries[:taken]
 
     async def _write_goodbye(self) -> None:
         """The last frame of a finishing connection; then wait for the peer to close its side."""

@@ -1424,6 +1424,8 @@ class Node:
                 if self.config.tls is not None:
                     stream = await self.config.tls.connect(stream, address[0], self.config.handshake_timeout)
                 connection = Connection(self, stream, outbound=True, via=address, hello=attrs.evolve(self._hello, channel=name, lane=index))
+                if self._channels is not None and name == self._channels.large:
+                    connection.batch_bytes = self._channels.large_threshold
                 self._all_connections.add(connection)
                 hello = await connection.handshake(self.config.handshake_timeout)
                 if self.config.tls is not None:

@@ -82,6 +82,7 @@ async def test_messages_take_their_channel_and_keep_order_per_agent() -> None:
             assert lanes(a) == [lane]  # only the large messages opened a lane
             stats = a._lanes_out[lane].statistics()
             assert stats["channel"] == "bulk" and stats["messages_sent"] == 200 and stats["outbound"]
+            assert stats["frames_written"] >= 200  # the large channel writes one large message at a time
             assert a._connections["b"].statistics()["messages_sent"] >= 200
             assert [k[1:] for k in b._lanes_in] == [lane[1:]]  # b receives on it; a alone sends on it
             # Explicit channels, reliable delivery and requests ride lanes too.
