@@ -84,6 +84,8 @@ class Connection:
         self.waits_for: Connection | None = None
         self.last_heard = 0.0
         self.stalled = False  # the node stopped reading from it (a full inbox or service)
+        self.peer_finished = False  # the peer closed it in order (GOODBYE)
+        self.overlay_sent = 0
         self.lanes_refused = False  # a primary whose peer's lanes could not be opened: everything rides it
         # Bytes of message data per write (at least one message); None: everything pending.
         # Set on the lanes of a channel for large messages, so one write (and the peer's
@@ -241,6 +243,7 @@ class Connection:
             if self._control_lot:
                 self._control_lot.unpark_all()
             if self._overlay:
+                self.overlay_sent += len(self._overlay)
                 chunks.append(protocol.overlay(self._overlay, self._overlay_addresses))
                 self._overlay = []
                 self._overlay_addresses = {}

@@ -40,6 +40,7 @@ from ._channels import PRIMARY, ChannelConfig
 from ._connection import Connection
 from ._directory import Directory
 from ._errors import (
+    PhoenixError,
     AgentNotFound,
     Backpressure,
     CircuitOpen,
@@ -71,6 +72,7 @@ from ._retry import RetryPolicy
 from ._service import Service
 from ._transport import BroadcastResult, InProcessTransport, TcpTransport, Transport, _broadcast
 from ._membership import Connect, Disconnect, MemberEvent, MemberInfo, Membership, MembershipConfig
+from ._overlay_runtime import OverlayMessage, OverlayRuntime, check_overlay_call, overlay_config
 from ._message import (
     EMPTY,
     SPECVERSION,
@@ -99,6 +101,7 @@ from ._peer_protocol import (
     Heartbeat,
     Hello,
     Members,
+    OverlayBatch,
     PeerError,
     RequestFailed,
     ServicePayload,
@@ -186,6 +189,10 @@ class NodeConfig:
     security: SecurityContext | None = None  # see phoenix_trio.security and docs/security.md
     tls: TlsConfig | None = None  # security.configure_tls(...): peer connections over TLS
     channels: ChannelConfig | None = None  # parallel channels (phoenix_trio._channels); None: one connection per peer
+    # The overlay instead of the full mesh (phoenix_trio._overlay_runtime, docs/overlay.md):
+    # overlay.configure_overlay(...) or an OverlayConfig; gossip: overlay.start_gossip_protocol(...).
+    overlay: Any = None
+    gossip: Any = None
 
 
 class _Receipt:
@@ -439,6 +446,8 @@ class Node:
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._membership: Membership | None = None
+        self._overlay_config = overlay_config(config.overlay, config.gossip)
+        self._overlay: OverlayRuntime | None = None
         self._hello: Hello | None = None
         self._timer_deadline = math.inf
         self._timer_wakeup = trio.lowlevel.ParkingLot()
@@ -475,8 +484,13 @@ class Node:
             self.address[0],
             self.address[1],
             self.config.cluster,
-            ("lz4", "templates") if self.config.compression else ("templates",),
+            ("lz4", "templates", "overlay")
+            if self._overlay_config is not None
+            else ("lz4", "templates") if self.config.compression else ("templates",),
         )
+        if self._overlay_config is not None:
+            await self._start_overlay(nursery)
+            return
         self._membership = Membership(
             MemberInfo(self.id, self.address, self.incarnation),
             self._seeds,
@@ -496,13 +510,30 @@ class Node:
         nursery.start_soon(self._retransmit_loop)
         self._apply(self._membership.start(trio.current_time()))
 
+    async def _start_overlay(self, nursery: trio.Nursery) -> None:
+        assert self._overlay_config is not None
+        if self.config.data_dir is not None:
+            log, taken = DedupLog.open(self.config.data_dir, fsync=self.config.fsync)  # type: ignore[arg-type]
+            self._dedup_log = log
+            self._eo_streams = ExactlyOnceStreams(taken, window=self.config.dedup_window, now=trio.current_time())
+            nursery.start_soon(self._sync_loop)
+        nursery.start_soon(self._retransmit_loop)
+        self._overlay = OverlayRuntime(self, self._overlay_config, self._seeds)
+        await nursery.start(self._overlay.run)
+
     async def _stop(self) -> None:
+        if self._overlay is not None:
+            self._overlay.leave()  # DISCONNECT(leaving) to the neighbours, queued before the GOODBYEs
         self.closed = True
         with trio.CancelScope(shield=True):
             with trio.move_on_after(1.0):
                 async with trio.open_nursery() as nursery:
                     for connection in list(self._all_connections):
-                        nursery.start_soon(connection.close_gracefully, "node shutting down")
+                        if self._overlay is not None:
+                            connection.finish("node shutting down")  # GOODBYE after everything queued
+                            nursery.start_soon(connection.finished.wait)
+                        else:
+                            nursery.start_soon(connection.close_gracefully, "node shutting down")
         for pending in self._pending_requests.values():
             pending.error = NodeUnreachable(self.id, "local node closed")
             pending.event.set()
@@ -895,7 +926,11 @@ class Node:
         else:
             connection = await self._channel_connection(node, agent_id, template.channel, data, False, wait)
         if connection is None or connection.closed:
-            raise NodeUnreachable(node, "not connected")
+            if self._overlay is None:
+                raise NodeUnreachable(node, "not connected")
+            self._overlay.route_entry(node, (template, data, agent_id, _current_trace.get(), correlation_id, flags))
+            await self._after_send()
+            return
         entry = (template, data, agent_id, _current_trace.get(), correlation_id, flags)
         if self.security is not None:
             entry = self.security.outgoing(entry)
@@ -945,6 +980,8 @@ class Node:
                     await connection.enqueue(entry, wait=wait)
                 except NodeUnreachable:
                     pass  # tracked: it goes out again when the node is back
+        elif self._overlay is not None:
+            self._overlay.route_entry(node, entry)  # not a neighbour: over overlay routes, acknowledged the same way
         # Not connected (the node is restarting, or unreachable for now): tracked all the
         # same, and sent again when the retry timer fires and the node is back.
 
@@ -969,7 +1006,7 @@ class Node:
                 connection = self._connections.get(node)
             else:
                 connection = await self._channel_connection(node, agent_id, None, message.data, mode_flag != 0, wait)
-            if connection is None or connection.closed:
+            if (connection is None or connection.closed) and self._overlay is None:
                 raise NodeUnreachable(node, "not connected")
             if mode_flag:
                 mode = ALO if mode_flag == FLAG_ALO else EO
@@ -986,10 +1023,14 @@ class Node:
                 receipt = None
             else:
                 entry = (message, flags)
-            if self.security is not None:
-                entry = self.security.outgoing(entry)
-            if not connection.try_enqueue(entry):
-                await connection.enqueue(entry, wait=wait)
+            if connection is None or connection.closed:
+                assert self._overlay is not None
+                self._overlay.route_entry(node, entry)
+            else:
+                if self.security is not None:
+                    entry = self.security.outgoing(entry)
+                if not connection.try_enqueue(entry):
+                    await connection.enqueue(entry, wait=wait)
         if receipt is not None:
             receipt.succeed()  # nothing further to wait for: in an inbox here, or sent at most once
         await self._after_send()
@@ -1107,7 +1148,12 @@ class Node:
                 else:
                     connection = await self._channel_connection(node_id, request.source, options.get("channel"), data, False, True)
                 if connection is None or connection.closed:
-                    raise NodeUnreachable(node_id, "requester's node is gone")
+                    if self._overlay is None:
+                        raise NodeUnreachable(node_id, "requester's node is gone")
+                    entry = (template, data, request.source, _current_trace.get(), request.correlation_id, FLAG_REPLY)
+                    self._overlay.route_entry(node_id, entry)
+                    await trio.lowlevel.checkpoint()
+                    return
                 entry = (template, data, request.source, _current_trace.get(), request.correlation_id, FLAG_REPLY)
                 if self.security is not None:
                     entry = self.security.outgoing(entry)
@@ -1184,7 +1230,16 @@ class Node:
 
     @property
     def members(self) -> dict[str, MemberView]:
-        """Every node this one knows, with its status (alive, suspect, dead, left)."""
+        """Every node this one knows, with its status (alive, suspect, dead, left).
+
+        Overlay mode: the overlay neighbours (HyParView's active view), all alive.
+        """
+        if self._overlay is not None:
+            overlay = self._overlay
+            return {
+                peer: MemberView(peer, overlay.addresses.get(peer, ("", 0)), overlay._incarnations.get(peer, 0), "alive", peer in self._connections)
+                for peer in overlay.neighbors()
+            }
         assert self._membership is not None
         return {
             m.node_id: MemberView(m.node_id, m.address, m.incarnation, m.status, m.connected)
@@ -1192,6 +1247,8 @@ class Node:
         }
 
     def alive_members(self) -> list[str]:
+        if self._overlay is not None:
+            return sorted(self._overlay.neighbors())
         assert self._membership is not None
         return sorted(self._membership.alive())
 
@@ -1221,8 +1278,41 @@ class Node:
         await self.wait_for(lambda: agent_id in self._inboxes or agent_id in self.directory.remote, timeout=timeout)
 
     async def wait_for_members(self, count: int, *, timeout: float = 10.0) -> None:
-        """Wait until ``count`` other nodes are alive and connected."""
+        """Wait until ``count`` other nodes are alive and connected (overlay mode: neighbours)."""
+        if self._overlay is not None:
+            overlay = self._overlay
+            await self.wait_for(lambda: len(overlay.neighbors()) >= count, timeout=timeout)
+            return
         await self.wait_for(lambda: len(self._connections) >= count, timeout=timeout)
+
+    # -- the overlay (overlay mode: open_node(..., overlay=configure_overlay(...))) ----------------
+
+    @property
+    def overlay(self) -> OverlayRuntime | None:
+        """The overlay driver (``neighbors()``, ``passive_view()``, ``statistics()``), or None for a full mesh."""
+        return self._overlay
+
+    async def broadcast_overlay(self, data: Any) -> bytes:
+        """Plumtree-broadcast ``data`` (anything MessagePack encodes) to every node of the overlay.
+
+        Returns the message id. Every node's :meth:`watch_overlay` gets it once, as an
+        :class:`OverlayMessage` of kind ``"broadcast"`` (this node's too). Best effort:
+        a node that is cut off while it travels does not get it later (gossip does).
+        """
+        return await check_overlay_call(self).broadcast(data)
+
+    async def gossip(self, data: Any, *, ttl: float | None = None) -> bytes:
+        """Gossip ``data`` (the design's ``gossip_message``): pushed in rounds until ``ttl``, with
+        anti-entropy, so nodes cut off by a partition catch up once it heals. Needs ``gossip=``."""
+        return await check_overlay_call(self).gossip(data, ttl=ttl)
+
+    @asynccontextmanager
+    async def watch_overlay(self, *, buffer: int = 1024) -> AsyncIterator[trio.MemoryReceiveChannel[Any]]:
+        """Overlay events: :class:`OverlayMessage` deliveries, ``NeighborUp``, ``NeighborDown``,
+        ``JoinFailed`` and ``RouteFailed`` (from :mod:`phoenix_trio.overlay`). Dropped for a
+        watcher that lets ``buffer`` of them pile up."""
+        async with check_overlay_call(self).watch(buffer=buffer) as events:
+            yield events
 
     def _notify_changed(self) -> None:
         self._routes.clear()
@@ -1313,6 +1403,12 @@ class Node:
                         entry = item.entry if self.security is None else self.security.outgoing(item.entry)
                         if connection.try_enqueue(entry):
                             self.stats["retransmitted"] += 1
+                    elif self._overlay is not None:
+                        try:
+                            self._overlay.route_entry(item.node, item.entry)
+                            self.stats["retransmitted"] += 1
+                        except (PhoenixError, ValueError) as exc:
+                            log.debug("retransmission to %s over the overlay failed: %s", item.node, exc)
                 else:
                     self._delivery_failed(action.item, action.reason)
             if self._tracker_room:
@@ -1472,7 +1568,7 @@ class Node:
     # -- connections ------------------------------------------------------------------------
 
     async def _connect(self, address: Address) -> None:
-        assert self._membership is not None
+        membership = self._membership
         try:
             with trio.fail_after(self.config.connect_timeout):
                 stream: trio.abc.Stream = await trio.open_tcp_stream(*address)
@@ -1480,9 +1576,11 @@ class Node:
                 stream = await self.config.tls.connect(stream, address[0], self.config.handshake_timeout)
         except (OSError, trio.TooSlowError, SecurityError) as exc:
             log.debug("connect to %s:%d failed: %s", *address, exc)
-            self._membership.connect_done(address)
+            if membership is not None:
+                membership.connect_done(address)
             return
-        self._membership.connect_done(address)
+        if membership is not None:
+            membership.connect_done(address)
         await self._run_connection(stream, outbound=True, via=address)
 
     async def _accept(self, socket_stream: trio.SocketStream) -> None:
@@ -1497,6 +1595,7 @@ class Node:
     async def _run_connection(self, stream: trio.abc.Stream, *, outbound: bool, via: Address | None) -> None:
         connection = Connection(self, stream, outbound=outbound, via=via)
         self._all_connections.add(connection)
+        registered = False
         try:
             try:
                 hello = await connection.handshake(self.config.handshake_timeout)
@@ -1529,11 +1628,16 @@ class Node:
                 key = (connection.peer.node_id, connection.peer.channel, connection.peer.lane)
                 if self._lanes_in.get(key) is connection:
                     del self._lanes_in[key]
-            if self._connections.get(connection.peer.node_id if connection.peer else "") is connection:
+            elif self._overlay is not None:
+                if connection.peer is not None and registered:
+                    self._overlay.connection_closed(connection)
+            elif self._connections.get(connection.peer.node_id if connection.peer else "") is connection:
                 self._unregister(connection, trio.current_time())
 
     def _register(self, connection: Connection, hello: Hello, via: Address | None) -> bool:
         """Adopt a handshaken connection, unless an equivalent one wins the tie-break."""
+        if self._overlay is not None:
+            return self._overlay.register(connection, hello, via)
         assert self._membership is not None
         if self.closed:
             return False
@@ -1571,7 +1675,10 @@ class Node:
             self._notify_changed()
 
     def _heard(self, connection: Connection) -> None:
-        if connection.peer is not None and self._membership is not None:
+        if self._membership is None:
+            connection.last_heard = trio.current_time()
+            return
+        if connection.peer is not None:
             member = self._membership.members.get(connection.peer.node_id)
             if member is not None:
                 if member.status == "alive":
@@ -1580,6 +1687,9 @@ class Node:
                     self._apply(self._membership.heard(connection.peer.node_id, trio.current_time()))
 
     def _broadcast_agents(self, updates: list[AgentUpdate]) -> None:
+        if self._overlay is not None:
+            self._overlay.agents_changed()  # versioned, over the overlay
+            return
         for connection in self._connections.values():
             connection.send_control(connection.protocol.agents(False, updates))
 
@@ -1597,6 +1707,9 @@ class Node:
             await self._on_data(connection, event)
         elif isinstance(event, Delivered):
             self._on_delivered(connection, event)
+        elif isinstance(event, OverlayBatch):
+            assert self._overlay is not None  # the protocol refuses overlay frames otherwise
+            await self._overlay.receive(connection, event)
         elif isinstance(event, ServicePayload):
             service = self._services.get(event.name)
             if service is None:
@@ -1614,7 +1727,9 @@ class Node:
                     self.directory.update_remote(node, update.agent_id, update.group, update.up)
             self._notify_changed()
         elif isinstance(event, Members):
-            assert self._membership is not None
+            if self._membership is None:
+                return  # overlay mode: membership comes from the overlay
+
             infos = [MemberInfo(node_id, (host, port), inc) for node_id, host, port, inc in event.members]
             self._apply(self._membership.learned(infos, trio.current_time()))
         elif isinstance(event, Acks):
@@ -1624,6 +1739,10 @@ class Node:
             self._on_request_failed(connection, event)
         elif isinstance(event, Goodbye) and connection.channel != PRIMARY:
             connection.close_reason = f"peer closed the lane: {event.reason}"
+            connection.close(connection.close_reason)
+        elif isinstance(event, Goodbye) and self._membership is None:
+            connection.peer_finished = True
+            connection.close_reason = f"peer closed the connection: {event.reason}"
             connection.close(connection.close_reason)
         elif isinstance(event, Goodbye):
             assert self._membership is not None
@@ -1737,7 +1856,9 @@ class Node:
             else:
                 current.append([agent, dseq, dseq])
         for peer, peer_ranges in ranges.items():
-            connection = self._connections.get(peer)
+            connection: Any = self._connections.get(peer)
+            if connection is None and self._overlay is not None:
+                connection = self._overlay.routed_peer(peer)
             if connection is not None:
                 connection.acknowledge_ranges(peer_ranges)
 
@@ -1748,7 +1869,9 @@ class Node:
         watermark = self._eo_streams.taken(key, seq, trio.current_time())
         if self._dedup_log is not None:
             self._dedup_log.record(key, watermark)
-        connection = self._connections.get(peer)
+        connection: Any = self._connections.get(peer)
+        if connection is None and self._overlay is not None:
+            connection = self._overlay.routed_peer(peer)
         if connection is None:
             return
         ack = pack_dseq(key[3], watermark)
@@ -1758,23 +1881,28 @@ class Node:
             connection.acknowledge(True, agent, ack)
 
     async def _wait_for_service(self, connection: Connection, service: Service, payload: bytes) -> None:
-        assert self._membership is not None
         peer = connection.peer_id
-        self._membership.stall(peer, True, trio.current_time())
+        self._stall(connection, True)
         try:
             await service._put(peer, payload)
         finally:
-            self._membership.stall(peer, False, trio.current_time())
+            self._stall(connection, False)
+
+    def _stall(self, connection: Connection, stalled: bool) -> None:
+        """This node stops (or resumes) reading from ``connection``: a full inbox or service."""
+        if self._membership is not None:
+            self._membership.stall(connection.peer_id, stalled, trio.current_time())
+        else:
+            connection.stalled = stalled
+            connection.last_heard = trio.current_time()
 
     async def _wait_for_room(self, connection: Connection, inbox: Inbox, messages: list[Message]) -> None:
         """A full inbox: stop reading from this peer (backpressure) until there is room."""
-        assert self._membership is not None
-        peer = connection.peer_id
-        self._membership.stall(peer, True, trio.current_time())
+        self._stall(connection, True)
         try:
             await inbox.put_many(messages)
         finally:
-            self._membership.stall(peer, False, trio.current_time())
+            self._stall(connection, False)
 
     # -- introspection --------------------------------------------------------------------------
 
