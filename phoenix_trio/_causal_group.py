@@ -390,3 +390,79 @@ async def open_causal_group(
                 for lot in (runner.delivery_ready, runner.space, runner.inbox_space):
                     lot.unpark_all()
                 nursery.cancel_scope.cancel()
+
+
+async def serve_causal_agent(agent: Any) -> None:
+    """The ``causal`` built-in agent: lets a test drive a causal group member in a process.
+
+    Requests (answered when done):
+
+    - ``{"open": {"name": n, "members": [...], "faults": {"seed": s, "delay": [lo, hi],
+      "duplicate": p, "drop": q}}}``: opens the member (``faults`` optional: inbound fault
+      injection on its service), waits until every member joined; answers ``{"stream": ...}``.
+    - ``{"broadcast": {"name": n, "count": k, "seed": s}}``: broadcasts ``{"i": 0..k-1}``
+      while deliveries go on (it yields between sends, so later messages depend on what
+      arrived meanwhile); answers ``{"sent": k}``.
+    - ``{"log": {"name": n, "until": total}}``: waits until the member delivered ``total``
+      messages; answers ``{"log": [[stream, seq, {stream: count}], ...], "stats": {...}}``
+      in delivery order (a ``CausalGap`` is ``["gap", stream, first, last]``).
+    """
+    import random
+
+    groups: dict[str, CausalGroup] = {}
+    logs: dict[str, list[Any]] = {}
+    progress = trio.lowlevel.ParkingLot()
+
+    async def member(spec: dict[str, Any], *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        faults = spec.get("faults")
+        injected = None
+        if faults:
+            injected = ServiceFaults(
+                seed=int(faults["seed"]),
+                delay=(float(faults["delay"][0]), float(faults["delay"][1])),
+                duplicate=float(faults.get("duplicate", 0.0)),
+                drop=float(faults.get("drop", 0.0)),
+            )
+        name = spec["name"]
+        async with open_causal_group(agent.node, name, members=spec["members"], faults=injected, linger=0) as group:
+            groups[name] = group
+            log_ = logs[name] = []
+            await group.wait_joined(timeout=30)
+            task_status.started(group)
+            async for d in group:
+                if type(d) is CausalGap:
+                    log_.append(["gap", d.stream, d.first, d.last])
+                else:
+                    log_.append([d.stream, d.seq, dict(d.clock.entries)])
+                progress.unpark_all()
+
+    async def handle(message: Any) -> None:
+        order = message.data
+        try:
+            if isinstance(order, dict) and "open" in order:
+                group = await nursery.start(member, order["open"])
+                await message.reply({"stream": group.stream})
+            elif isinstance(order, dict) and "broadcast" in order:
+                spec = order["broadcast"]
+                group = groups[spec["name"]]
+                rng = random.Random(spec.get("seed", 0))
+                for i in range(int(spec["count"])):
+                    await group.broadcast({"i": i})
+                    if rng.random() < 0.5:
+                        await trio.sleep(rng.uniform(0, 0.002))  # let deliveries interleave with sends
+                await message.reply({"sent": int(spec["count"])})
+            elif isinstance(order, dict) and "log" in order:
+                spec = order["log"]
+                while len(logs[spec["name"]]) < int(spec["until"]):
+                    await progress.park()
+                stats = attrs.asdict(groups[spec["name"]].statistics())
+                await message.reply({"log": logs[spec["name"]], "stats": stats})
+            else:
+                await message.reply({"error": f"unknown order {order!r}"})
+        except Exception as exc:  # answer the test instead of dying
+            await message.reply({"error": repr(exc)})
+
+    async with trio.open_nursery() as nursery:
+        async for message in agent:
+            if message.is_request:
+                nursery.start_soon(handle, message)
