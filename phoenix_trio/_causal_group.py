@@ -269,8 +269,8 @@ class CausalGroup:
     async def broadcast(self, payload: Any) -> None:
         """Broadcast ``payload`` (any msgpack value) to the group; it is also delivered here.
 
-        Returns once the member took it (delivered locally, queued for the others).
-        Waits while ``max_pending`` messages are unacknowledged or the delivery buffer is
+        Returns once the member took it (delivered locally, queued for the others); a
+        call cancelled while waiting has sent nothing. Waits while ``max_pending`` messages are unacknowledged or the delivery buffer is
         full. Raises :class:`~phoenix_trio.EncodeError` for a payload msgpack cannot
         encode, :class:`CausalOrderOverflow` if the member failed,
         ``trio.ClosedResourceError`` once closed.
@@ -287,7 +287,7 @@ class CausalGroup:
         self._check()
         runner.apply(core.broadcast(packed, trio.current_time()))
         runner.wakeup.unpark_all()
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.cancel_shielded_checkpoint()  # it is sent: a cancellation now would lie
 
     async def receive(self) -> CausalDelivery | CausalGap:
         """The next delivery; ``trio.EndOfChannel`` once closed (the member's error if it failed)."""

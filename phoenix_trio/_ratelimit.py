@@ -282,11 +282,13 @@ class RateLimiter:
             raise RateLimited(bucket_id, wait, self.available(bucket_id))
 
     async def acquire(self, bucket_id: str, n: float = 1) -> None:
-        """Wait until ``n`` tokens are granted, then take them. Always a checkpoint."""
+        """Wait until ``n`` tokens are granted, then take them. Always a checkpoint; a
+        cancelled call has taken nothing."""
+        await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             wait = self.acquire_tokens(bucket_id, n)
             if not wait:
-                await trio.lowlevel.checkpoint()
+                await trio.lowlevel.cancel_shielded_checkpoint()  # taken: cancellation may not lose them
                 return
             limit = self._limits[bucket_id]
             changed = getattr(limit, "changed", None)  # a distributed bucket's lease can arrive sooner

@@ -390,3 +390,16 @@ def test_simulation_overloaded_members_use_most_of_the_rate() -> None:
             total += w
     assert 0.85 * 300 * 8 <= total <= 300 * 8 + 20
     assert all(abs(v - total / 3) < 0.15 * total / 3 for v in per_node.values()), per_node
+
+
+async def test_a_cancelled_acquire_takes_nothing(autojump_clock: trio.testing.MockClock) -> None:
+    limiter = RateLimiter()
+    limiter.create_bucket("b", capacity=2, refill_rate=1)
+    limiter.acquire_tokens("b", 2)
+    with trio.move_on_after(0.5):
+        await limiter.acquire("b", 1)  # needs 1 s
+    assert limiter.available("b") == pytest.approx(0.5)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await limiter.acquire("b", 0.1)  # cancelled before taking
+    assert limiter.available("b") == pytest.approx(0.5)
