@@ -3,7 +3,6 @@ and the lease protocol of distributed buckets (by hand, by hypothesis, in the si
 
 from __future__ import annotations
 
-import math
 import random
 from bisect import bisect_right
 from collections import defaultdict
