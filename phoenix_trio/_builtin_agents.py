@@ -14,6 +14,10 @@
   across restarts.
 - ``slow``: a deliberately slow consumer (one message per millisecond, inbox of 100),
   for showing backpressure; requests are answered like ``counter``'s.
+- ``causal``: drives a causal-order group member on this node for tests
+  (``phoenix_trio._causal_group.serve_causal_agent``).
+- ``ratelimit``: drives a distributed token bucket on this node for tests
+  (``phoenix_trio._ratelimit_node.serve_rate_limit_agent``).
 
 Each runs as a task: ``await run_agent(node, kind, agent_id)`` until cancelled.
 """
@@ -29,7 +33,7 @@ import trio
 
 from ._node import Node
 
-KINDS = ("echo", "counter", "sink", "slow", "driver", "journal")
+KINDS = ("echo", "counter", "sink", "slow", "driver", "journal", "causal", "ratelimit")
 CAPACITY = {"slow": 100}
 
 
@@ -73,6 +77,14 @@ async def run_agent(node: Node, kind: str, agent_id: str, *, task_status: Any = 
                         await message.reply("ok")
             finally:
                 os.close(fd)
+        elif kind == "causal":
+            from ._causal_group import serve_causal_agent
+
+            await serve_causal_agent(agent)
+        elif kind == "ratelimit":
+            from ._ratelimit_node import serve_rate_limit_agent
+
+            await serve_rate_limit_agent(agent)
         elif kind == "driver":
             async for message in agent:
                 if message.is_request:
