@@ -29,6 +29,12 @@ from ._errors import SecurityError as SecurityError
 from ._errors import UnsupportedVersion as UnsupportedVersion
 from ._errors import ValidationError as ValidationError
 
+from ._causal import CausalDelivery as CausalDelivery
+from ._causal import CausalGap as CausalGap
+from ._causal import CausalOrderOverflow as CausalOrderOverflow
+from ._causal import CausalStatistics as CausalStatistics
+from ._causal_group import CausalGroup as CausalGroup
+from ._causal_group import open_causal_group as open_causal_group
 from ._flow import FlowControl as FlowControl
 from ._flow import FlowStatistics as FlowStatistics
 from ._inbox import Inbox as Inbox
@@ -39,12 +45,23 @@ from ._node import MemberView as MemberView
 from ._node import Node as Node
 from ._node import NodeConfig as NodeConfig
 from ._node import open_node as open_node
+from ._ratelimit import AdaptiveThrottle as AdaptiveThrottle
+from ._ratelimit import BucketInfo as BucketInfo
+from ._ratelimit import BucketNotFound as BucketNotFound
+from ._ratelimit import RateLimited as RateLimited
+from ._ratelimit import RateLimiter as RateLimiter
+from ._ratelimit import SlidingWindow as SlidingWindow
+from ._ratelimit_node import NodeRateLimiter as NodeRateLimiter
+from ._ratelimit_node import open_rate_limiter as open_rate_limiter
 from ._service import Service as Service
+from ._service import ServiceFaults as ServiceFaults
 from ._transport import BroadcastResult as BroadcastResult
 from ._transport import InProcessTransport as InProcessTransport
 from ._transport import TcpTransport as TcpTransport
 from ._transport import Transport as Transport
 from ._service import ServiceStatistics as ServiceStatistics
+from .raft import open_raft as open_raft
+from .raft import open_total_order_group as open_total_order_group
 from ._message import EXTENSION_ATTRIBUTES as EXTENSION_ATTRIBUTES
 from ._message import DeliveryGuarantee as DeliveryGuarantee
 from ._message import Message as Message
