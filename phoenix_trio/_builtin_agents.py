@@ -106,7 +106,8 @@ async def _drive(agent: Any, order: Any) -> Any:
         payload = b"x" * int(order.get("size", 100))
         start = time.perf_counter()
         for _ in range(count):
-            await agent.send(order["send"], payload)
+            await agent.send(order["send"], payload)  # at-least-once, the default
+        await node.flush_deliveries(timeout=120)  # done when every message was handled
         return {"sent": count, "seconds": time.perf_counter() - start}
     if "request" in order:
         latencies = []

@@ -88,8 +88,9 @@ async def _conduct() -> bool:
                 counts[name] = (await node.request(f"count-{name}", "count", timeout=30)).data
             print()
             print(f"Point-to-point: each node's driver sends {MESSAGES:,} messages of 100 bytes to the counter on each other node")
+            print("  (at-least-once, the default: a driver's time runs until every message was acknowledged as handled)")
             _print_table(
-                ["from", "to", "messages", "send rate"],
+                ["from", "to", "messages", "delivered rate"],
                 [[s, t, f"{d['sent']:,}", f"{d['sent'] / d['seconds'] / 1e3:,.0f} k msgs/s"] for (s, t, w), d in sorted(traffic.items()) if w == "send"],
             )
             print("  counters received: " + ", ".join(f"count-{n} {c:,}" for n, c in counts.items()))
