@@ -24,8 +24,8 @@ import logging
 import math
 import os
 import random
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -48,6 +48,7 @@ from ._errors import (
 from ._ids import new_id
 from ._ids import reserve as reserve_ids
 from ._inbox import Inbox
+from ._pubsub import FLAG_PUBLISH, PUBLISH_TYPE, PubSub, Subscription
 from ._service import Service
 from ._transport import BroadcastResult, InProcessTransport, TcpTransport, Transport, _broadcast
 from ._membership import Connect, Disconnect, MemberEvent, MemberInfo, Membership, MembershipConfig
@@ -250,6 +251,8 @@ class Node:
         self._timer_deadline = math.inf
         self._timer_wakeup = trio.lowlevel.ParkingLot()
         self._sends_since_yield = 0
+        self.pubsub = PubSub(self)
+        self._pipelines: dict[str, Any] = {}
         self.closed = False
         self.stats = {"sent": 0, "received": 0, "dropped_unknown_agent": 0, "encode_failures": 0, "protocol_errors": 0, "dropped_unknown_service": 0}
 
@@ -280,6 +283,7 @@ class Node:
             rng=self._rng,
         )
         nursery.start_soon(self._timer_loop)
+        await nursery.start(self.pubsub.run)
         self._apply(self._membership.start(trio.current_time()))
 
     async def _stop(self) -> None:
@@ -693,6 +697,41 @@ class Node:
             waiter.acked.add(agent_id)
             waiter.settle()
 
+    # -- publish-subscribe and pipelines (phoenix_trio._pubsub, phoenix_trio._pipeline) ----------
+
+    def publish(
+        self,
+        topic: str,
+        event: Any = None,
+        *,
+        fanout: str = "immediate",
+        source: str | None = None,
+        type: str = PUBLISH_TYPE,
+        wait: bool = True,
+    ) -> Awaitable[None]:
+        """``await node.publish(topic, event)``: see :meth:`PubSub.publish <phoenix_trio.PubSub.publish>`."""
+        return self.pubsub.publish(topic, event, fanout=fanout, source=source, type=type, wait=wait)
+
+    def subscribe(self, topic_pattern: str, **options: Any) -> AbstractAsyncContextManager[Subscription]:
+        """``async with node.subscribe(pattern, ...) as subscription``: see :meth:`PubSub.subscribe <phoenix_trio.PubSub.subscribe>`."""
+        return self.pubsub.subscribe(topic_pattern, **options)
+
+    def unsubscribe(self, topic_pattern: str, *, subscriber: str | None = None) -> int:
+        """Close this node's subscriptions to ``topic_pattern`` (of ``subscriber``); returns how many."""
+        return self.pubsub.unsubscribe(topic_pattern, subscriber=subscriber)
+
+    async def create_pipeline(self, stages: Sequence[Any], **options: Any) -> Any:
+        """Start a pipeline through ``stages``: see :func:`phoenix_trio.Pipeline`."""
+        from ._pipeline import create_pipeline
+
+        return await create_pipeline(self, stages, **options)
+
+    async def send_to_pipeline(self, pipeline_id: str, message: Any, **options: Any) -> Any:
+        """Feed ``message`` into pipeline ``pipeline_id`` (here or on another node)."""
+        from ._pipeline import send_to_pipeline
+
+        return await send_to_pipeline(self, pipeline_id, message, **options)
+
     # -- membership -------------------------------------------------------------------------
 
     @property
@@ -967,10 +1006,14 @@ class Node:
         acks: list[tuple[str, str]] = []
         flags_list = batch.flags
         responder = None
+        publications: list[tuple[Message, int]] = []
         for i, message in enumerate(batch.messages):
             flags = flags_list[i]
             if flags & FLAG_REPLY:
                 self._resolve_reply(message)
+                continue
+            if flags & FLAG_PUBLISH:
+                publications.append((message, flags))
                 continue
             target = message.subject
             if target is None or target not in inboxes:
@@ -990,6 +1033,8 @@ class Node:
             else:
                 group.append(message)
         self.stats["received"] += len(batch.messages)
+        if publications:
+            await self.pubsub.on_publications(connection.peer_id, publications)
         for agent_id, messages in groups.items():
             inbox = inboxes.get(agent_id)
             if inbox is None:
