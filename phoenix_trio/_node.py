@@ -710,7 +710,7 @@ class Node:
         wait: bool = True,
     ) -> Awaitable[None]:
         """``await node.publish(topic, event)``: see :meth:`PubSub.publish <phoenix_trio.PubSub.publish>`."""
-        return self.pubsub.publish(topic, event, fanout=fanout, source=source, type=type, wait=wait)
+        return self.pubsub.publish(topic, event, fanout, source, type, wait)
 
     def subscribe(self, topic_pattern: str, **options: Any) -> AbstractAsyncContextManager[Subscription]:
         """``async with node.subscribe(pattern, ...) as subscription``: see :meth:`PubSub.subscribe <phoenix_trio.PubSub.subscribe>`."""

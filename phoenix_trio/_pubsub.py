@@ -181,8 +181,9 @@ class Subscription:
         self._block = backpressure == "block"
         self._drop_oldest = backpressure == "drop_oldest"
         self._queue: deque[Message] = deque(maxlen=capacity) if self._drop_oldest else deque()
-        # block only: per queued message, the credit token it holds (or None)
-        self._tokens: deque[list[Any] | None] | None = deque() if self._block else None
+        # block only: per queued message, the credit it holds: None, the publishing node's
+        # id (this is the only block queue it entered) or a shared [count, node id] token
+        self._tokens: deque[list[Any] | str | None] | None = deque() if self._block else None
         self._consumers = trio.lowlevel.ParkingLot()
         self._producers = trio.lowlevel.ParkingLot()
         self._closed = False
@@ -259,7 +260,7 @@ class Subscription:
         if self._consumers:
             self._consumers.unpark_all()
 
-    def _put_blocking_nowait(self, message: Message, token: list[Any] | None, *, force: bool) -> bool:
+    def _put_blocking_nowait(self, message: Message, token: list[Any] | str | None, *, force: bool) -> bool:
         """block policy: queue if there is room (or ``force``: credit was spent on it)."""
         if self._closed:
             return True
@@ -268,8 +269,8 @@ class Subscription:
             return False
         queue.append(message)
         self._tokens.append(token)  # type: ignore[union-attr]
-        if token is not None:
-            token[0] += 1
+        if token.__class__ is list:
+            token[0] += 1  # type: ignore[index]
         self.received += 1
         if len(queue) > self.high_water:
             self.high_water = len(queue)
@@ -293,7 +294,10 @@ class Subscription:
         if tokens is not None:
             token = tokens.popleft()
             if token is not None:
-                _release(self._pubsub, token)
+                if token.__class__ is str:
+                    self._pubsub._credit_returned(token)
+                else:
+                    _release(self._pubsub, token)
             if self._producers and len(self._queue) <= self.capacity // 2:
                 self._producers.unpark_all()
         _current_trace.set(message)
@@ -366,7 +370,9 @@ class Subscription:
         self._queue.clear()
         if self._tokens is not None:
             for token in self._tokens:
-                if token is not None:
+                if token.__class__ is str:
+                    self._pubsub._credit_returned(token)
+                elif token is not None:
                     _release(self._pubsub, token)
             self._tokens.clear()
         self._consumers.unpark_all()
@@ -457,7 +463,7 @@ class PubSub:
         self._plans: dict[Any, _Plan] = {}
         self._plans_binary: dict[Any, _Plan] = {}
         self._templates: dict[tuple[Any, ...], SendTemplate] = {}
-        self._local_cache: dict[str, tuple[Subscription, ...]] = {}
+        self._local_cache: dict[str, tuple[tuple[Subscription, ...], tuple[Subscription, ...]]] = {}
         self._window = 0
         self._returned: dict[str, int] = {}
         self._grant_dirty: set[str] = set()
@@ -628,7 +634,6 @@ class PubSub:
         self,
         topic: str,
         event: Any = None,
-        *,
         fanout: str = "immediate",
         source: str | None = None,
         type: str = PUBLISH_TYPE,
@@ -654,7 +659,7 @@ class PubSub:
                 plans.clear()
             plans[key] = plan
         self.published += 1
-        if plan.credited:
+        if plan.credited and not self._spend_credit_nowait(plan):
             plan = await self._spend_credit(plan, key, plans, topic, event, fanout, source, type, wait)
         if plan.remote:
             trace = _current_trace.get()
@@ -757,23 +762,27 @@ class PubSub:
             self._templates[key] = template
         return template
 
+    def _spend_credit_nowait(self, plan: _Plan) -> bool:
+        """Spend one unit of credit at every node the plan needs it from, if all have some."""
+        peers = self._peers
+        for node_id in plan.credited:
+            peer = peers.get(node_id)
+            if peer is not None and peer.granted - peer.charged <= 0:
+                return False
+        for node_id in plan.credited:
+            peer = peers.get(node_id)
+            if peer is not None:
+                peer.charged += 1
+        return True
+
     async def _spend_credit(
         self, plan: _Plan, key: Any, plans: dict[Any, _Plan], topic: str, event: Any, fanout: str, source: str | None, type_: str, wait: bool
     ) -> _Plan:
         """Spend one unit of credit at every node the plan needs it from, waiting for it."""
         while True:
-            short = None
-            for node_id in plan.credited:
-                peer = self._peers.get(node_id)
-                if peer is not None and peer.granted - peer.charged <= 0:
-                    short = peer
-                    break
-            if short is None:
-                for node_id in plan.credited:
-                    peer = self._peers.get(node_id)
-                    if peer is not None:
-                        peer.charged += 1
+            if self._spend_credit_nowait(plan):
                 return plan
+            short = next(p for p in map(self._peers.get, plan.credited) if p is not None and p.granted - p.charged <= 0)
             if not wait:
                 raise Backpressure(short.node_id, f"no credit left at node {short.node_id!r} for topic {topic!r}")
             await short.lot.park()
@@ -840,33 +849,52 @@ class PubSub:
         Returns once each is in every matching subscription's queue (or refused by its
         filter or policy). A ``block`` subscription that is full stops the reader until
         there is room, except for publications that spent credit, which it always takes.
+        Consecutive publications on one topic go to each plain subscription (no filter,
+        a drop policy) as one batch.
         """
         self.received_remote += len(items)
         cache = self._local_cache
-        last_topic = None
-        subs: tuple[Subscription, ...] = ()
-        groups: dict[Subscription, list[Message]] = {}
-        blocked: list[tuple[Subscription, Message, list[Any] | None]] = []
+        last_topic: Any = None
+        plain: tuple[Subscription, ...] = ()
+        special: tuple[Subscription, ...] = ()
+        run: list[Message] = []
+        blocked: list[tuple[Subscription, Message, list[Any] | str | None]] = []
         stuck: set[Subscription] = set()  # block queues that refused one: later ones wait behind it
         held: list[list[Any]] = []
         for message, flags in items:
             topic = message.subject
-            if topic is not last_topic:
+            if topic != last_topic:
+                if run:
+                    for subscription in plain:
+                        subscription._put_many(run)
+                    run = []
                 last_topic = topic
-                cached = cache.get(topic)  # type: ignore[arg-type]
-                if cached is None:
-                    cached = self._match_local(topic)
-                subs = cached
-            if not subs:
+                routes = cache.get(topic)  # type: ignore[arg-type]
+                if routes is None:
+                    routes = self._match_local(topic)
+                plain, special = routes
+            if plain:
+                run.append(message)
+            elif not special:
                 self.unmatched_remote += 1
-                if flags & FLAG_CREDITED:
+            if not special:
+                if flags & FLAG_CREDITED:  # no block queue here (any more): give the credit back
                     self._credit_returned(peer_id)
                 continue
-            # A credited publication holds a token: one count per block queue it enters,
-            # plus one held here until it has entered them all.
+            if len(special) == 1 and special[0].filter is None:
+                # the common case, one block queue: the token is the publisher's node id
+                subscription = special[0]
+                credited = bool(flags & FLAG_CREDITED)
+                token_id = peer_id if credited else None
+                if subscription in stuck or not subscription._put_blocking_nowait(message, token_id, force=credited):
+                    stuck.add(subscription)
+                    blocked.append((subscription, message, token_id))
+                continue
+            # Otherwise a credited publication holds a token: one count per block queue it
+            # enters, plus one held here until it has entered them all.
             token = [1, peer_id] if flags & FLAG_CREDITED else None
             deferred = False
-            for subscription in subs:
+            for subscription in special:
                 if subscription.filter is not None and not subscription._accepts(message):
                     continue
                 if subscription._block:
@@ -874,36 +902,38 @@ class PubSub:
                         stuck.add(subscription)
                         blocked.append((subscription, message, token))
                         deferred = True
-                    continue
-                group = groups.get(subscription)
-                if group is None:
-                    groups[subscription] = [message]
                 else:
-                    group.append(message)
+                    subscription._put_one(message)
             if token is not None:
                 if deferred:
                     held.append(token)
                 else:
                     _release(self, token)
-        for subscription, messages in groups.items():
-            subscription._put_many(messages)
+        if run:
+            for subscription in plain:
+                subscription._put_many(run)
         if blocked:
             await self._wait_for_room(peer_id, blocked, held)
 
-    def _match_local(self, topic: Any) -> tuple[Subscription, ...]:
+    def _match_local(self, topic: Any) -> tuple[tuple[Subscription, ...], tuple[Subscription, ...]]:
+        """(plain, special) subscriptions for a topic that came from the network."""
         try:
             validate_topic(topic)
         except InvalidTopic:
             self.invalid_remote += 1
-            return ()
-        subs = tuple(sorted(self._local.match(topic), key=lambda s: s.id))
+            return (), ()
+        subs = sorted(self._local.match(topic), key=lambda s: s.id)
+        routes = (
+            tuple(s for s in subs if s.filter is None and not s._block),
+            tuple(s for s in subs if s.filter is not None or s._block),
+        )
         if len(self._local_cache) >= MAX_CACHE:
             self._local_cache.clear()
-        self._local_cache[topic] = subs
-        return subs
+        self._local_cache[topic] = routes
+        return routes
 
     async def _wait_for_room(
-        self, peer_id: str, blocked: list[tuple[Subscription, Message, list[Any] | None]], held: list[list[Any]]
+        self, peer_id: str, blocked: list[tuple[Subscription, Message, list[Any] | str | None]], held: list[list[Any]]
     ) -> None:
         """Uncredited publications for full ``block`` queues: stop this reader until they fit."""
         membership = self.node._membership
@@ -923,11 +953,14 @@ class PubSub:
 
     def _credit_returned(self, peer_id: str) -> None:
         """One publication from ``peer_id`` that spent credit left every block queue."""
-        if peer_id in self._peers:
-            self._returned[peer_id] = self._returned.get(peer_id, 0) + 1
-            self._grant_dirty.add(peer_id)
-            if self._grant_lot:
-                self._grant_lot.unpark_all()
+        returned = self._returned
+        if peer_id in returned:  # peers we sent our full state to (and still know)
+            returned[peer_id] += 1
+            dirty = self._grant_dirty
+            if peer_id not in dirty:
+                dirty.add(peer_id)
+                if self._grant_lot:
+                    self._grant_lot.unpark_all()
 
     async def _grant_loop(self) -> None:
         while True:
@@ -937,8 +970,8 @@ class PubSub:
             await trio.lowlevel.checkpoint()  # let a consumer take a few more first
             dirty, self._grant_dirty = self._grant_dirty, set()
             for peer_id in dirty:
-                if peer_id in self._peers:
-                    self._send(peer_id, [_GRANT, self._window + self._returned.get(peer_id, 0)])
+                if peer_id in self._returned:
+                    self._send(peer_id, [_GRANT, self._window + self._returned[peer_id]])
 
     # -- interest: the service protocol ----------------------------------------------------
 

@@ -290,3 +290,34 @@ async def test_a_bad_payload_on_the_pubsub_service_is_counted_not_fatal() -> Non
                 await a.pubsub.wait_for_subscribers("still.works", {"n1"}, timeout=5)
                 await a.publish("still.works", 1)
                 assert (await sub.receive()).data == 1
+
+
+async def test_credit_comes_back_with_several_block_queues_filters_and_closing() -> None:
+    async with cluster(2) as (a, b):
+        even = b.pubsub.open_subscription("c", backpressure="block", capacity=4, filter=lambda m: m.data % 2 == 0)
+        every = b.pubsub.open_subscription("c", backpressure="block", capacity=6)
+        doomed = b.pubsub.open_subscription("c", backpressure="block", capacity=6)
+        await a.pubsub.wait_for_subscribers("c", {"n1"}, timeout=5)
+        got_even: list[int] = []
+        got_every: list[int] = []
+
+        async def publisher() -> None:
+            for i in range(200):
+                await a.publish("c", i)
+
+        async def take(sub: px.Subscription, into: list[int], count: int) -> None:
+            for _ in range(count):
+                into.append((await sub.receive()).data)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(publisher)
+            await trio.testing.wait_all_tasks_blocked()
+            assert a.pubsub.statistics().credit == {"n1": 0}  # window 6, all spent
+            doomed.unsubscribe()  # its queued messages give their share of credit back
+            nursery.start_soon(take, even, got_even, 100)
+            nursery.start_soon(take, every, got_every, 200)
+        assert got_even == list(range(0, 200, 2)) and got_every == list(range(200))
+        assert even.statistics().filtered == 100 and even.statistics().dropped == 0
+        with trio.fail_after(5):
+            while a.pubsub.statistics().credit.get("n1") != 6:
+                await a.pubsub._peers["n1"].lot.park()
