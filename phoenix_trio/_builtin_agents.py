@@ -10,6 +10,19 @@
   with the node's statistics. The demo conducts the cluster through these.
 - ``slow``: a deliberately slow consumer (one message per millisecond, inbox of 100),
   for showing backpressure; requests are answered like ``counter``'s.
+- ``subscriber``: holds pub-sub subscriptions on request and counts what they get.
+  ``{"subscribe": pattern, "delivery": ..., "backpressure": ..., "capacity": n, "delay": s}``
+  subscribes (``delay``: seconds spent per message, a slow consumer) and answers once
+  the cluster knows; ``"stats"`` answers with each subscription's statistics, message
+  count, publishers seen and out-of-order arrivals (events carrying ``from`` and
+  ``seq``); ``{"wait": n}`` answers once every subscription has had ``n``
+  publications consumed or dropped; ``"unsubscribe"`` ends them all.
+- ``stage``: a pipeline stage: answers each request with its data, after appending
+  its own id to ``data["path"]`` when the data is a dict with a ``path`` list.
+
+The driver also publishes on request: ``{"publish": topic, "count": n, "size": bytes}``
+publishes ``n`` events ``{"from": node, "seq": i, "pad": bytes}`` and answers with the
+time it took.
 
 Each runs as a task: ``await run_agent(node, kind, agent_id)`` until cancelled.
 """
@@ -19,18 +32,23 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import attrs
 import trio
 
 from ._node import Node
+from ._pipeline import serve_stage
+from ._pubsub import Subscription
 
-KINDS = ("echo", "counter", "sink", "slow", "driver")
+KINDS = ("echo", "counter", "sink", "slow", "driver", "subscriber", "stage")
 CAPACITY = {"slow": 100}
 
 
-async def run_agent(node: Node, kind: str, agent_id: str, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+async def run_agent(
+    node: Node, kind: str, agent_id: str, *, group: str | None = None, task_status: Any = trio.TASK_STATUS_IGNORED
+) -> None:
     if kind not in KINDS:
         raise ValueError(f"unknown agent kind {kind!r}; choose from {', '.join(KINDS)}")
-    async with node.agent(agent_id, capacity=CAPACITY.get(kind, 65536)) as agent:
+    async with node.agent(agent_id, capacity=CAPACITY.get(kind, 65536), group=group) as agent:
         task_status.started()
         if kind == "echo":
             async for message in agent:
@@ -61,6 +79,10 @@ async def run_agent(node: Node, kind: str, agent_id: str, *, task_status: Any = 
             async for message in agent:
                 if message.is_request:
                     await message.reply(await _drive(agent, message.data))
+        elif kind == "subscriber":
+            await _subscriber(agent)
+        elif kind == "stage":
+            await serve_stage(agent, lambda data: _stage(agent.id, data))
         else:
             async for _ in agent:
                 pass
@@ -70,7 +92,7 @@ async def _drive(agent: Any, order: Any) -> Any:
     """Carry out one traffic order for the ``driver`` agent."""
     node = agent.node
     if order == "node-stats":
-        return node.statistics()
+        return {**node.statistics(), "pubsub": attrs.asdict(node.pubsub.statistics())}
     if not isinstance(order, dict):
         return {"error": f"unknown order {order!r}"}
     count = int(order.get("count", 0))
@@ -80,6 +102,13 @@ async def _drive(agent: Any, order: Any) -> Any:
         for _ in range(count):
             await agent.send(order["send"], payload)
         return {"sent": count, "seconds": time.perf_counter() - start}
+    if "publish" in order:
+        pad = b"x" * int(order.get("size", 100))
+        fanout = str(order.get("fanout", "immediate"))
+        start = time.perf_counter()
+        for i in range(count):
+            await node.publish(order["publish"], {"from": node.id, "seq": i, "pad": pad}, fanout=fanout, source=agent.uri)
+        return {"published": count, "seconds": time.perf_counter() - start}
     if "request" in order:
         latencies = []
         for i in range(count):
@@ -96,3 +125,90 @@ async def _drive(agent: Any, order: Any) -> Any:
             "seconds": sum(latencies),
         }
     return {"error": f"unknown order {order!r}"}
+
+
+def _stage(agent_id: str, data: Any) -> Any:
+    if isinstance(data, dict) and isinstance(data.get("path"), list):
+        return {**data, "path": [*data["path"], agent_id]}
+    return data
+
+
+class _Counted:
+    """One subscription of a ``subscriber`` agent, consumed and counted by its own task."""
+
+    def __init__(self, subscription: Subscription, delay: float) -> None:
+        self.subscription = subscription
+        self.delay = delay
+        self.count = 0
+        self.out_of_order = 0
+        self.last: dict[str, int] = {}
+        self.changed = trio.Event()
+
+    async def run(self) -> None:
+        async for message in self.subscription:
+            self.count += 1
+            data = message.data
+            if isinstance(data, dict) and "from" in data and "seq" in data:
+                source, seq = str(data["from"]), data["seq"]
+                if seq <= self.last.get(source, -1):
+                    self.out_of_order += 1
+                self.last[source] = seq
+            if self.delay:
+                await trio.sleep(self.delay)  # the point of a slow consumer
+            self.changed.set()
+            self.changed = trio.Event()
+
+    def report(self) -> dict[str, Any]:
+        return {
+            **attrs.asdict(self.subscription.statistics()),
+            "count": self.count,
+            "out_of_order": self.out_of_order,
+            "publishers": sorted(self.last),
+        }
+
+
+async def _subscriber(agent: Any) -> None:
+    node = agent.node
+    subscriptions: list[_Counted] = []
+    async with trio.open_nursery() as nursery:
+        async for message in agent:
+            if not message.is_request:
+                continue
+            order = message.data
+            if isinstance(order, dict) and "subscribe" in order:
+                try:
+                    subscription = node.pubsub.open_subscription(
+                        str(order["subscribe"]),
+                        delivery=str(order.get("delivery", "at_most_once")),
+                        backpressure=order.get("backpressure"),
+                        capacity=int(order.get("capacity", 1024)),
+                        subscriber=agent.id,
+                    )
+                except ValueError as exc:
+                    await message.reply({"error": str(exc)})
+                    continue
+                counted = _Counted(subscription, float(order.get("delay", 0.0)))
+                subscriptions.append(counted)
+                nursery.start_soon(counted.run)
+                await subscription.wait_propagated(float(order.get("timeout", 10.0)))
+                await message.reply({"id": subscription.id})
+            elif order == "stats":
+                await message.reply([c.report() for c in subscriptions])
+            elif isinstance(order, dict) and "wait" in order:
+                nursery.start_soon(_answer_when_received, message, subscriptions, int(order["wait"]), float(order.get("timeout", 60.0)))
+            elif order == "unsubscribe":
+                for counted in subscriptions:
+                    counted.subscription.unsubscribe()
+                await message.reply(len(subscriptions))
+            else:
+                await message.reply({"error": f"unknown order {order!r}"})
+        nursery.cancel_scope.cancel()
+
+
+async def _answer_when_received(message: Any, subscriptions: list[_Counted], target: int, timeout: float) -> None:
+    """Answer once every subscription has had ``target`` publications consumed or dropped."""
+    with trio.move_on_after(timeout):
+        for counted in list(subscriptions):
+            while counted.count + counted.subscription.dropped < target:
+                await counted.changed.wait()
+    await message.reply([c.report() for c in subscriptions])
