@@ -29,6 +29,8 @@ from ._errors import SecurityError as SecurityError
 from ._errors import UnsupportedVersion as UnsupportedVersion
 from ._errors import ValidationError as ValidationError
 
+from ._flow import FlowControl as FlowControl
+from ._flow import FlowStatistics as FlowStatistics
 from ._inbox import Inbox as Inbox
 from ._inbox import InboxStatistics as InboxStatistics
 from ._membership import MemberEvent as MemberEvent

@@ -3,6 +3,7 @@
 Commands:
   demo    run the main job and print a readable report
   node    run a node until interrupted (SIGINT/SIGTERM)
+  raft    run a node that is a Raft member, with a kv agent (see phoenix_trio.raft._cli)
   info    show the version and which core implementation is active
 """
 
@@ -27,7 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     node.add_argument("--heartbeat-interval", type=float, default=0.5)
     node.add_argument("--failure-timeout", type=float, default=2.0)
     node.add_argument("--cluster", default="phoenix")
+    node.add_argument("--data-dir", default=None, help="durable state (exactly-once log, journals)")
+    node.add_argument("--fsync", default="interval", choices=["interval", "always", "never"])
     node.add_argument("--log-level", default="WARNING")
+    from .raft._cli import add_parser as add_raft_parser
+
+    add_raft_parser(commands)
     args = parser.parse_args(argv)
 
     if args.command == "info":
@@ -39,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         from ._cli_node import run_node
 
         return run_node(args)
+    if args.command == "raft":
+        from .raft._cli import run as run_raft
+
+        return run_raft(args)
     if args.command == "demo":
         from ._demo import run_demo
 

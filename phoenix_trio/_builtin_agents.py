@@ -8,6 +8,10 @@
   sends ``n`` messages and answers with the rate; ``{"request": target, "count": n}``
   makes ``n`` requests and answers with latency percentiles; ``"node-stats"`` answers
   with the node's statistics. The demo conducts the cluster through these.
+- ``journal``: appends the data of every message it takes, one JSON line each, to
+  ``<data_dir>/journal-<agent>.jsonl`` (an unbuffered ``os.write`` as the very first
+  step, before any other work), so a test can see exactly what the application got,
+  across restarts.
 - ``slow``: a deliberately slow consumer (one message per millisecond, inbox of 100),
   for showing backpressure; requests are answered like ``counter``'s.
 - ``subscriber``: holds pub-sub subscriptions on request and counts what they get.
@@ -29,6 +33,8 @@ Each runs as a task: ``await run_agent(node, kind, agent_id)`` until cancelled.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from typing import Any
 
@@ -39,7 +45,7 @@ from ._node import Node
 from ._pipeline import serve_stage
 from ._pubsub import Subscription
 
-KINDS = ("echo", "counter", "sink", "slow", "driver", "subscriber", "stage")
+KINDS = ("echo", "counter", "sink", "slow", "driver", "journal", "subscriber", "stage")
 CAPACITY = {"slow": 100}
 
 
@@ -75,6 +81,16 @@ async def run_agent(
                 last = time.time()
                 if first is None:
                     first = last
+        elif kind == "journal":
+            directory = node.config.data_dir or "."
+            fd = os.open(os.path.join(directory, f"journal-{agent_id}.jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                async for message in agent:
+                    os.write(fd, (json.dumps(message.data) + "\n").encode())
+                    if message.is_request:
+                        await message.reply("ok")
+            finally:
+                os.close(fd)
         elif kind == "driver":
             async for message in agent:
                 if message.is_request:

@@ -46,6 +46,8 @@ def run_node(args: argparse.Namespace) -> int:
             heartbeat_interval=args.heartbeat_interval,
             failure_timeout=args.failure_timeout,
             cluster=args.cluster,
+            data_dir=args.data_dir,
+            fsync=args.fsync,
         ) as node:
             async with trio.open_nursery() as nursery:
                 for kind, agent_id, group in agents:

@@ -54,6 +54,9 @@ class Connection:
         self._control: list[bytes] = []
         self._control_bytes = 0
         self._control_lot = trio.lowlevel.ParkingLot()
+        # Acknowledgements for reliable messages from the peer, sent with the next write.
+        self._alo_acks: list[tuple[str, int]] = []
+        self._eo_acks: dict[tuple[str, int], int] = {}  # (agent, epoch) -> highest dseq
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._space_lot = trio.lowlevel.ParkingLot()
         self._drain_lot = trio.lowlevel.ParkingLot()
@@ -166,13 +169,19 @@ class Connection:
         stream = self.stream
         protocol = self.protocol
         while True:
-            if not self._pending and not self._control:
+            if not self._pending and not self._control and not self._alo_acks and not self._eo_acks:
                 with trio.move_on_after(interval):
                     await self._writer_lot.park()
-                if not self._pending and not self._control:
+                if not self._pending and not self._control and not self._alo_acks and not self._eo_acks:
                     await stream.send_all(protocol.heartbeat())
                     self.frames_written += 1
                     continue
+            if self._alo_acks or self._eo_acks:
+                self._control.append(
+                    protocol.delivered(self._alo_acks, [(agent, dseq) for (agent, _), dseq in self._eo_acks.items()])
+                )
+                self._alo_acks = []
+                self._eo_acks = {}
             chunks = self._control
             self._control = []
             self._control_bytes = 0
@@ -235,6 +244,19 @@ class Connection:
             return
         self._control.append(data)
         self._control_bytes += len(data)
+        if self._writer_lot:
+            self._writer_lot.unpark_all()
+
+    def acknowledge(self, exactly_once: bool, agent: str, dseq: int) -> None:
+        """Queue an acknowledgement for a reliable message from the peer (sent with the next write)."""
+        if self.closed:
+            return
+        if exactly_once:
+            key = (agent, dseq >> 40)
+            if dseq > self._eo_acks.get(key, 0):
+                self._eo_acks[key] = dseq
+        else:
+            self._alo_acks.append((agent, dseq))
         if self._writer_lot:
             self._writer_lot.unpark_all()
 

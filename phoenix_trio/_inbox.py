@@ -14,12 +14,17 @@ Checkpoints: receiving is a cancellation point on every message and yields to th
 scheduler at least every :data:`YIELD_EVERY` messages, so a busy consumer cannot starve
 the node. Each message received becomes the consumer task's current trace context, so
 what the consumer sends next continues the trace.
+
+Reliable delivery hooks in here: an exactly-once message is recorded when it is taken,
+an at-least-once message is acknowledged when the consumer comes back for the next one
+(that is, once it has been handled).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
+from typing import Any
 
 import attrs
 import trio
@@ -28,6 +33,8 @@ from ._message import Message
 from ._trace import _current as _current_trace
 
 YIELD_EVERY = 64
+TAKEN = 1  # hook kinds for Inbox.track
+HANDLED = 2
 
 
 @attrs.frozen(slots=True)
@@ -60,6 +67,10 @@ class Inbox:
         self._delivered = 0
         self._dropped = 0
         self._since_yield = 0
+        # Reliable delivery: what to do when a tracked message is taken (exactly-once:
+        # record it now) or handled (at-least-once: the consumer came back for more).
+        self._hooks: dict[int, tuple[int, Any]] = {}
+        self._after: list[Any] = []
 
     # -- producer side (the node) --------------------------------------------------------
 
@@ -69,6 +80,15 @@ class Inbox:
 
     def space(self) -> int:
         return self.capacity - len(self._queue)
+
+    def track(self, message: Message, kind: int, hook: Any) -> None:
+        """Call ``hook()`` when ``message`` is taken (kind TAKEN) or handled (kind HANDLED)."""
+        self._hooks[id(message)] = (kind, hook)
+
+    def _flush_after(self) -> None:
+        after, self._after = self._after, []
+        for hook in after:
+            hook()
 
     def put_nowait_many(self, messages: list[Message]) -> int:
         """Queue as many of ``messages`` as fit; returns how many were taken."""
@@ -105,6 +125,9 @@ class Inbox:
         self._closed = True
         self._dropped += len(self._queue)
         self._queue.clear()
+        self._hooks.clear()  # never taken: their senders will retry
+        if self._after:
+            self._flush_after()
         self._consumers.unpark_all()
         self._producers.unpark_all()
 
@@ -112,6 +135,8 @@ class Inbox:
 
     def receive_nowait(self) -> Message:
         """The next message, or raise ``trio.WouldBlock`` (``trio.EndOfChannel`` once closed)."""
+        if self._after:
+            self._flush_after()
         if self._queue:
             return self._take()
         if self._closed:
@@ -120,6 +145,8 @@ class Inbox:
 
     async def receive(self) -> Message:
         """Wait for the next message; ``trio.EndOfChannel`` when the agent has left."""
+        if self._after:
+            self._flush_after()
         while not self._queue:
             if self._closed:
                 raise trio.EndOfChannel
@@ -140,6 +167,13 @@ class Inbox:
     def _take(self) -> Message:
         message = self._queue.popleft()
         self._delivered += 1
+        if self._hooks:
+            hook = self._hooks.pop(id(message), None)
+            if hook is not None:
+                if hook[0] == TAKEN:
+                    hook[1]()
+                else:
+                    self._after.append(hook[1])
         if self._producers and len(self._queue) <= self.capacity // 2:
             self._producers.unpark_all()
         _current_trace.set(message)  # the trace is resolved only if the consumer sends
@@ -150,6 +184,8 @@ class Inbox:
 
     async def __anext__(self) -> Message:
         # The common case inline (one coroutine frame per message, not two).
+        if self._after:
+            self._flush_after()
         if self._queue and self._since_yield < YIELD_EVERY - 1:
             self._since_yield += 1
             await trio.lowlevel.checkpoint_if_cancelled()

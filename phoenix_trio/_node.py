@@ -24,6 +24,8 @@ import logging
 import math
 import os
 import random
+import re
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
@@ -39,16 +41,33 @@ from ._directory import Directory
 from ._errors import (
     AgentNotFound,
     Backpressure,
+    CircuitOpen,
     ConfigurationError,
+    DecodeError,
+    DeliveryFailed,
     EncodeError,
     NodeUnreachable,
     ProtocolError,
     RequestTimeout,
+    SecurityError,
 )
-from ._ids import new_id
+from ._ids import IdBlock, new_id
 from ._ids import reserve as reserve_ids
-from ._inbox import Inbox
+from ._dedup_log import DedupLog
+from ._delivery import ACCEPT as STREAM_ACCEPT
+from ._delivery import ALO, EO, SEQ_MASK, DeliveryTracker, ExactlyOnceStreams, Failed, Outstanding, Resend, pack_dseq, unpack_dseq
+from ._delivery import DUPLICATE_QUEUED as STREAM_DUPLICATE_QUEUED
+from ._delivery import DUPLICATE_TAKEN as STREAM_DUPLICATE_TAKEN
+from ._flow import BACKPRESSURE as FLOW_BACKPRESSURE
+from ._flow import DROPPED_NEWEST as FLOW_DROPPED_NEWEST
+from ._flow import QUEUED as FLOW_QUEUED
+from ._flow import REJECTED as FLOW_REJECTED
+from ._flow import SPILL as FLOW_SPILL
+from ._flow import WAIT as FLOW_WAIT
+from ._flow import FlowControl, FlowStatistics, SpillStore, TargetQueue, decode_spilled, encode_spilled
+from ._inbox import HANDLED, TAKEN, Inbox
 from ._pubsub import FLAG_PUBLISH, PUBLISH_TYPE, PubSub, Subscription
+from ._retry import RetryPolicy
 from ._service import Service
 from ._transport import BroadcastResult, InProcessTransport, TcpTransport, Transport, _broadcast
 from ._membership import Connect, Disconnect, MemberEvent, MemberInfo, Membership, MembershipConfig
@@ -66,6 +85,8 @@ from ._message import (
 )
 from ._peer_protocol import (
     FLAG_ACK,
+    FLAG_ALO,
+    FLAG_EO,
     FLAG_REPLY,
     FLAG_REQUEST,
     SendTemplate,
@@ -73,6 +94,7 @@ from ._peer_protocol import (
     AgentUpdate,
     Agents,
     DataBatch,
+    Delivered,
     Goodbye,
     Heartbeat,
     Hello,
@@ -83,11 +105,16 @@ from ._peer_protocol import (
     node_id_ok,
 )
 from ._taxonomy import message_characteristics, validate_type
+from .security._context import SecurityContext
+from .security._gate import REJECTED_KIND, SecurityGate, rejection_error
+from .security._tls import TlsConfig
 from ._trace import _current as _current_trace
 from ._trace import _resolve as _resolve_trace
 from ._trace import next_hop_trace, random_bases
 from ._vclock import LocalClock
 from .effects import SetTimer
+from .serialization._msgpack import decode as _msgpack_decode
+from .serialization._msgpack import encode as _msgpack_encode
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +128,7 @@ SEND_YIELD_EVERY = 128
 Address = tuple[str, int]
 
 
+_MODE_FLAGS = {"at_least_once": FLAG_ALO, "exactly_once": FLAG_EO}
 _WIRE_TYPES = frozenset({bytes, str, int, float, bool, type(None), dict, list, tuple})
 
 
@@ -148,6 +176,37 @@ class NodeConfig:
     compression: bool = False
     forget_after: float = 120.0
     breaker: BreakerConfig = attrs.field(factory=BreakerConfig)
+    data_dir: str | None = None  # where durable state lives (the exactly-once log); None: memory only
+    dedup_window: float = 120.0  # exactly-once de-duplication window, seconds (NATS JetStream's default)
+    fsync: str = "interval"  # exactly-once log: "interval", "always" or "never" (see _dedup_log)
+    fsync_interval: float = 0.05
+    delivery_window: int = 65536  # reliable messages outstanding per (target node, agent) before send waits
+    retry_base: float = 0.05  # first backoff step, seconds
+    retry_cap: float = 10.0  # longest backoff, seconds
+    security: SecurityContext | None = None  # see phoenix_trio.security and docs/security.md
+    tls: TlsConfig | None = None  # security.configure_tls(...): peer connections over TLS
+
+
+class _Receipt:
+    """The outcome of one reliable delivery, for callers that wait for it."""
+
+    __slots__ = ("_event", "_error")
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self._error: Exception | None = None
+
+    def succeed(self) -> None:
+        self._event.set()
+
+    def fail(self, error: Exception) -> None:
+        self._error = error
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+        if self._error is not None:
+            raise self._error
 
 
 @attrs.define(slots=True)
@@ -178,6 +237,134 @@ class MemberView:
     incarnation: int
     status: str
     connected: bool
+
+
+class _FlowTarget:
+    """The running side of one flow-controlled target: its queue, drain task and spill store."""
+
+    def __init__(self, node: Node, target: str, config: FlowControl) -> None:
+        self.node = node
+        self.target = target
+        self.config = config
+        self.queue = TargetQueue(target, config)
+        self._drain_lot = trio.lowlevel.ParkingLot()
+        self._released_lot = trio.lowlevel.ParkingLot()
+        self._cancel = trio.CancelScope()
+        self._replays: deque[_Receipt] = deque()
+        self.store: SpillStore | None = None
+        if config.backpressure_strategy == "spill_to_disk":
+            assert config.spill_dir is not None
+            directory = os.path.join(config.spill_dir, re.sub(r"[^A-Za-z0-9._-]", "_", target))
+            self.store = SpillStore(directory, segment_bytes=config.segment_bytes, max_bytes=config.max_spill_bytes)
+            self.queue.spilled_pending = self.store.pending_records()  # from an earlier run: replayed first
+            if self.queue.spilled_pending:
+                self.queue.active = True
+
+    def wake(self) -> None:
+        if self._drain_lot:
+            self._drain_lot.unpark_all()
+
+    def _commit_replays(self) -> None:
+        """Spilled messages leave the disk once delivered (acknowledged, for reliable ones), in order."""
+        done = 0
+        replays = self._replays
+        while replays and replays[0]._event.is_set():
+            replays.popleft()
+            done += 1
+        if done and self.store is not None:
+            self.store.commit(done)
+
+    async def wait_released(self) -> None:
+        await self._released_lot.park()
+
+    def report(self) -> None:
+        transitions = self.queue.transitions
+        if not transitions:
+            return
+        self.queue.transitions = []
+        for state, length in transitions:
+            if state == "released":
+                self._released_lot.unpark_all()
+            self.node.emit_telemetry(
+                "flow.backpressure", {"target": self.target, "state": state, "queued": length, **attrs.asdict(self.queue.statistics())}
+            )
+
+    def spill(self, messages: list[Message]) -> bool:
+        assert self.store is not None
+        return self.store.append([encode_spilled(self.target, _msgpack_encode(m)) for m in messages])
+
+    def alternative(self) -> str | None:
+        """Where ``redirect`` sends an overflowing message: ``redirect_to``, or the target's group."""
+        candidates = list(self.config.redirect_to)
+        if not candidates:
+            directory = self.node.directory
+            group = directory.local.get(self.target) or directory.remote.get(self.target, (None, None))[1]
+            candidates = directory.group_members(group or self.target)
+        candidates = [c for c in candidates if c != self.target]
+        return self.node.balancer.choose(candidates) if candidates else None
+
+    def statistics(self) -> FlowStatistics:
+        return self.queue.statistics()
+
+    def remove(self) -> None:
+        """Stop flow control for this target (queued messages are dropped and counted)."""
+        self.node._flows.pop(self.target, None)
+        self.queue.stats.dropped_newest += len(self.queue.queue)
+        self.queue.queue.clear()
+        self._cancel.cancel()
+        self._released_lot.unpark_all()
+        if self.store is not None:
+            self.store.close()
+
+    async def drain(self) -> None:
+        with self._cancel:
+            try:
+                await self._drain()
+            finally:
+                if self.store is not None:
+                    self.store.close()
+
+    async def _drain(self) -> None:
+        node = self.node
+        queue = self.queue
+        while True:
+            self._commit_replays()
+            if queue.wants_replay() and self.store is not None and len(self._replays) < self.config.high_watermark:
+                records = self.store.read(max(1, self.config.high_watermark - len(queue.queue)))
+                messages = []
+                for record in records:
+                    try:
+                        _, payload = decode_spilled(record)
+                        messages.append(_msgpack_decode(payload))
+                    except DecodeError:
+                        log.error("dropped an unreadable spilled message for %s", self.target)
+                queue.replayed(messages)
+                queue.spilled_pending -= len(records) - len(messages)
+                self.report()
+            if not queue.queue:
+                if self._replays:
+                    with trio.move_on_after(0.05):  # also notice replays being acknowledged
+                        await self._drain_lot.park()
+                else:
+                    await self._drain_lot.park()
+                continue
+            entry = queue.take()  # taken before the await: a concurrent drop_oldest cannot touch it
+            self.report()
+            receipt = _Receipt() if isinstance(entry, Message) else None
+            try:
+                await node._flow_deliver(self.target, entry, receipt)
+                if receipt is not None:
+                    self._replays.append(receipt)
+            except (NodeUnreachable, AgentNotFound, CircuitOpen) as exc:
+                queue.queue.appendleft(entry)  # not sent: back to the front of the line
+                queue.stats.sent -= 1
+                if isinstance(exc, CircuitOpen):
+                    await trio.sleep(exc.retry_after or node.config.heartbeat_interval)
+                    continue
+                # The target is away: wait for the cluster to change (it may come back),
+                # keeping the queue (and the spill) meanwhile.
+                with trio.move_on_after(node.config.heartbeat_interval):
+                    await node._changed.wait()
 
 
 class Agent:
@@ -251,10 +438,24 @@ class Node:
         self._timer_deadline = math.inf
         self._timer_wakeup = trio.lowlevel.ParkingLot()
         self._sends_since_yield = 0
+        self._tracker = DeliveryTracker(rng=self._rng, window=config.delivery_window)
+        self._ids = IdBlock()
+        self._tracker_room = trio.lowlevel.ParkingLot()
+        self._retransmit_deadline = math.inf
+        self._retransmit_wakeup = trio.lowlevel.ParkingLot()
+        self._eo_streams = ExactlyOnceStreams(window=config.dedup_window)
+        self._dedup_log: DedupLog | None = None
+        self._fsync_waiters: list[tuple[Connection, str, int]] = []
+        self._flows: dict[str, _FlowTarget] = {}
+        self._telemetry: set[trio.MemorySendChannel[Message]] = set()
+        self.security = SecurityGate(self, config.security) if config.security is not None else None
         self.pubsub = PubSub(self)
         self._pipelines: dict[str, Any] = {}
         self.closed = False
-        self.stats = {"sent": 0, "received": 0, "dropped_unknown_agent": 0, "encode_failures": 0, "protocol_errors": 0, "dropped_unknown_service": 0}
+        self.stats = {
+            "sent": 0, "received": 0, "dropped_unknown_agent": 0, "encode_failures": 0, "protocol_errors": 0, "dropped_unknown_service": 0,
+            "retransmitted": 0, "delivery_failures": 0, "duplicates_dropped": 0, "out_of_order_dropped": 0,
+        }  # fmt: skip
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -282,7 +483,13 @@ class Node:
             ),
             rng=self._rng,
         )
+        if self.config.data_dir is not None:
+            log, taken = DedupLog.open(self.config.data_dir, fsync=self.config.fsync)  # type: ignore[arg-type]
+            self._dedup_log = log
+            self._eo_streams = ExactlyOnceStreams(taken, window=self.config.dedup_window, now=trio.current_time())
+            nursery.start_soon(self._sync_loop)
         nursery.start_soon(self._timer_loop)
+        nursery.start_soon(self._retransmit_loop)
         await nursery.start(self.pubsub.run)
         self._apply(self._membership.start(trio.current_time()))
 
@@ -300,18 +507,33 @@ class Node:
             inbox.close()
         for watcher in self._watchers:
             watcher.close()
+        for item in self._tracker.all_outstanding():
+            if item.receipt is not None:
+                item.receipt.fail(DeliveryFailed(item.agent, item.attempts, "local node closed"))
+        if self._dedup_log is not None:
+            self._dedup_log.close()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
     # -- agents -------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def agent(self, agent_id: str, *, capacity: int | None = None, group: str | None = None) -> AsyncIterator[Agent]:
-        """Register ``agent_id`` (optionally in ``group``) for the duration of the block."""
+    async def agent(
+        self, agent_id: str, *, capacity: int | None = None, group: str | None = None, security: SecurityContext | None = None
+    ) -> AsyncIterator[Agent]:
+        """Register ``agent_id`` (optionally in ``group``) for the duration of the block.
+
+        ``security``: a context that secures what this agent sends to other nodes (its own
+        identity and keys); needs a node opened with ``security=``.
+        """
         if type(agent_id) is not str or not 0 < len(agent_id) <= 256:
             raise ConfigurationError("agent ids are non-empty strings of at most 256 characters")
         if agent_id in self._inboxes:
             raise ConfigurationError(f"agent {agent_id!r} is already registered on this node")
+        if security is not None:
+            if self.security is None:
+                raise ConfigurationError("an agent's security context needs a node opened with security=")
+            self.security.add_agent(agent_id, security)
         inbox = Inbox(agent_id, capacity or self.config.inbox_capacity)
         self._inboxes[agent_id] = inbox
         self.directory.add_local(agent_id, group)
@@ -320,6 +542,8 @@ class Node:
         try:
             yield Agent(self, agent_id, inbox, group)
         finally:
+            if security is not None and self.security is not None:
+                self.security.remove_agent(agent_id)
             self._inboxes.pop(agent_id, None)
             self.directory.remove_local(agent_id)
             inbox.close()
@@ -345,9 +569,20 @@ class Node:
     # -- sending ------------------------------------------------------------------------
 
     def _template(
-        self, type_: str, source: str | None, target: str, delivery: Any, priority: str | None, pattern: str, binary: bool
+        self,
+        type_: str,
+        source: str | None,
+        target: str,
+        delivery: Any,
+        priority: str | None,
+        pattern: str,
+        binary: bool,
+        tracked: bool = True,
     ) -> SendTemplate:
-        key = (type_, source, target, delivery, priority, pattern, binary)
+        """The shared envelope for these parameters. ``tracked=False`` turns off the
+        transport's acknowledgements and retries (request-response: the reply is the
+        acknowledgement, a lost request surfaces as a timeout)."""
+        key = (type_, source, target, delivery, priority, pattern, binary, tracked)
         template = self._send_templates.get(key)
         if template is not None:
             return template
@@ -360,6 +595,7 @@ class Node:
         else:
             guarantee = DeliveryGuarantee.build(delivery, ordering=traits.ordering)
         routing = RoutingMetadata(pattern=pattern, target=target, priority=priority or traits.priority)
+        mode = _MODE_FLAGS.get(guarantee.delivery_mode, 0) if tracked else 0
         template = SendTemplate(
             source or self.uri,
             type_,
@@ -367,6 +603,8 @@ class Node:
             guarantee,
             routing,
             QoSRequirements(priority=routing.priority, consistency=traits.consistency),
+            mode=mode,
+            policy=RetryPolicy.from_guarantee(guarantee, base=self.config.retry_base, cap=self.config.retry_cap) if mode else None,
         )
         if len(self._send_templates) >= 4096:
             self._send_templates.clear()
@@ -427,9 +665,141 @@ class Node:
         """
         if data.__class__ not in _WIRE_TYPES:
             _check_encodable(data)
+        if self._flows and target in self._flows:
+            await self._flow_send(self._flows[target], (type, source, delivery, priority, data, _current_trace.get()), wait)
+            return
         agent_id, node = self._route(target)
         template = self._template(type, source, agent_id, delivery, priority, "point_to_point", data.__class__ is bytes)
         await self._deliver(agent_id, node, template, data, None, 0, wait)
+
+    # -- flow control ------------------------------------------------------------------------
+
+    def flow_control(self, target: str, config: FlowControl | None = None, **options: Any) -> _FlowTarget:
+        """Put a flow-controlled queue in front of ``target`` (see :mod:`phoenix_trio._flow`).
+
+        Returns its handle (``statistics()``, ``remove()``); spilled messages found in the
+        spill directory from an earlier run are replayed first.
+        """
+        if target in self._flows:
+            raise ConfigurationError(f"{target!r} already has flow control")
+        config = attrs.evolve(config or FlowControl(), **options) if options else config or FlowControl()
+        assert self._nursery is not None, "the node is not running"
+        flow = _FlowTarget(self, target, config)
+        self._flows[target] = flow
+        self._nursery.start_soon(flow.drain)
+        return flow
+
+    async def _flow_send(self, flow: _FlowTarget, entry: tuple[Any, ...], wait: bool) -> None:
+        queue = flow.queue
+        while True:
+            decision = queue.offer(entry, can_wait=wait)
+            flow.report()
+            if decision == FLOW_QUEUED:
+                flow.wake()
+                await self._after_send()
+                return
+            if decision == FLOW_WAIT:
+                await flow.wait_released()
+                continue
+            if decision == FLOW_DROPPED_NEWEST:
+                await self._after_send()
+                return
+            if decision in (FLOW_BACKPRESSURE, FLOW_REJECTED):
+                raise Backpressure(flow.target, "backpressure active" if decision == FLOW_BACKPRESSURE else "queue full: rejected")
+            if decision == FLOW_SPILL:
+                if not flow.spill([self._flow_message(flow.target, entry)]):
+                    queue.spilled_pending -= 1
+                    queue.stats.spilled -= 1
+                    queue.stats.rejected += 1
+                    raise Backpressure(flow.target, "queue full and the spill store is full")
+                flow.wake()
+                return
+            # redirect
+            alternative = flow.alternative()
+            if alternative is None:
+                raise Backpressure(flow.target, "queue full and no alternative target to redirect to")
+            type_, source, delivery, priority, data, _ = entry
+            await self.send(alternative, data, type=type_, source=source, delivery=delivery, priority=priority, wait=wait)
+            return
+
+    def _flow_message(self, target: str, entry: tuple[Any, ...]) -> Message:
+        """A complete Message for a queued send (spilled to disk, or replayed from it)."""
+        type_, source, delivery, priority, data, trace = entry
+        template = self._template(type_, source, target, delivery, priority, "point_to_point", data.__class__ is bytes)
+        token = _current_trace.set(trace)
+        try:
+            return self._build(template, data, target, None)
+        finally:
+            _current_trace.reset(token)
+
+    async def _flow_deliver(self, target: str, entry: Any, receipt: _Receipt | None = None) -> None:
+        """The drain's send: a queued send (routed now) or a Message replayed from disk."""
+        if isinstance(entry, Message):
+            agent_id, node = self._route(target)
+            message = entry if entry.subject == agent_id else entry.evolve(subject=agent_id)
+            await self._deliver_message(agent_id, node, message, 0, True, receipt)
+            return
+        type_, source, delivery, priority, data, trace = entry
+        agent_id, node = self._route(target)
+        template = self._template(type_, source, agent_id, delivery, priority, "point_to_point", data.__class__ is bytes)
+        token = _current_trace.set(trace)
+        try:
+            await self._deliver(agent_id, node, template, data, None, 0, True)
+        finally:
+            _current_trace.reset(token)
+
+    # -- telemetry -------------------------------------------------------------------------------
+
+    def emit_telemetry(self, name: str, data: dict[str, Any], *, type: str = "phoenix.telemetry.metric.update") -> None:
+        """Hand an observability message to every telemetry watcher (dropped for full watchers)."""
+        if not self._telemetry:
+            return
+        message = Message.new({"metric": name, "node": self.id, **data}, type=type, source=self.uri, delivery="at_most_once")
+        for watcher in list(self._telemetry):
+            try:
+                watcher.send_nowait(message)
+            except trio.WouldBlock:
+                pass
+            except trio.BrokenResourceError:
+                self._telemetry.discard(watcher)
+
+    @asynccontextmanager
+    async def watch_telemetry(self, *, buffer: int = 1024) -> AsyncIterator[trio.MemoryReceiveChannel[Message]]:
+        """Observability messages (``phoenix.telemetry.*``) this node emits, as they happen."""
+        send, receive = trio.open_memory_channel[Message](buffer)
+        self._telemetry.add(send)
+        try:
+            async with receive:
+                yield receive
+        finally:
+            self._telemetry.discard(send)
+            send.close()
+
+    async def deliver(
+        self,
+        target: str,
+        data: Any = None,
+        *,
+        delivery: str | DeliveryGuarantee = "at_least_once",
+        type: str = DIRECT_TYPE,
+        source: str | None = None,
+        priority: str | None = None,
+    ) -> None:
+        """Send and wait until the receiving node acknowledges the delivery (the design's ``deliver``).
+
+        For ``at_least_once`` the acknowledgement comes once the agent has handled the
+        message; for ``exactly_once`` once it has taken it (recorded durably). Raises
+        :class:`~phoenix_trio.DeliveryFailed` after the last retry. ``at_most_once``
+        returns once the transport accepted the message.
+        """
+        if data.__class__ not in _WIRE_TYPES:
+            _check_encodable(data)
+        agent_id, node = self._route(target)
+        template = self._template(type, source, agent_id, delivery, priority, "point_to_point", data.__class__ is bytes)
+        receipt = _Receipt() if template.mode and node is not None else None
+        await self._deliver(agent_id, node, template, data, None, 0, True, receipt=receipt)
+        if receipt is not None:
+            await receipt.wait()
 
     async def send_message(self, target: str, message: Message, *, wait: bool = True) -> None:
         """Send a Message built by the caller (validated first) to ``target``, through the
@@ -450,6 +820,12 @@ class Node:
             if transport.reaches(node):
                 return transport
         raise NodeUnreachable(node or self.id, "no transport reaches it")
+
+    async def flush_deliveries(self, *, timeout: float) -> None:
+        """Wait until every at-least-once / exactly-once message sent so far is acknowledged or failed."""
+        with trio.fail_after(timeout):
+            while self._tracker.outstanding:
+                await self._tracker_room.park()
 
     def _route(self, target: str) -> tuple[str, str | None]:
         """(agent id, node id or None for local) for an agent or group ``target``."""
@@ -487,6 +863,7 @@ class Node:
         flags: int,
         wait: bool,
         responder: Callable[..., Any] | None = None,
+        receipt: _Receipt | None = None,
     ) -> None:
         """Hand one message to the right transport: built here for local agents, batched for remote ones."""
         if node is None:
@@ -496,15 +873,56 @@ class Node:
             await self._deliver_message(agent_id, None, message, flags, wait)
             return
         self.stats["sent"] += 1
+        if template.mode:
+            await self._deliver_reliably(agent_id, node, template, data, correlation_id, flags, wait, receipt)
+            await self._after_send()
+            return
         connection = self._connections.get(node)
         if connection is None or connection.closed:
             raise NodeUnreachable(node, "not connected")
         entry = (template, data, agent_id, _current_trace.get(), correlation_id, flags)
+        if self.security is not None:
+            entry = self.security.outgoing(entry)
         if not connection.try_enqueue(entry):
             await connection.enqueue(entry, wait=wait)
         await self._after_send()
 
-    async def _deliver_message(self, agent_id: str, node: str | None, message: Message, flags: int, wait: bool) -> None:
+    async def _deliver_reliably(
+        self,
+        agent_id: str,
+        node: str,
+        template: SendTemplate,
+        data: Any,
+        correlation_id: str | None,
+        flags: int,
+        wait: bool,
+        receipt: _Receipt | None,
+    ) -> None:
+        """At-least-once / exactly-once: track the message until the receiver acknowledges it."""
+        mode = ALO if template.mode == FLAG_ALO else EO
+        tracker = self._tracker
+        while not tracker.has_room(node, agent_id, mode):
+            if not wait:
+                raise Backpressure(agent_id, f"{tracker.window} reliable messages already outstanding")
+            await self._tracker_room.park()
+        epoch, seq = tracker.reserve(node, agent_id, mode)
+        entry = (template, data, agent_id, _current_trace.get(), correlation_id, flags | template.mode, self._ids.next(), pack_dseq(epoch, seq))
+        self._track(Outstanding(node, agent_id, epoch, seq, mode, entry, template.policy, receipt=receipt))
+        connection = self._connections.get(node)
+        if connection is not None and not connection.closed:
+            if self.security is not None:
+                entry = self.security.outgoing(entry)  # each transmission gets a fresh nonce
+            if not connection.try_enqueue(entry):
+                try:
+                    await connection.enqueue(entry, wait=wait)
+                except NodeUnreachable:
+                    pass  # tracked: it goes out again when the node is back
+        # Not connected (the node is restarting, or unreachable for now): tracked all the
+        # same, and sent again when the retry timer fires and the node is back.
+
+    async def _deliver_message(
+        self, agent_id: str, node: str | None, message: Message, flags: int, wait: bool, receipt: _Receipt | None = None
+    ) -> None:
         self.stats["sent"] += 1
         if node is None:
             inbox = self._inboxes.get(agent_id)
@@ -521,10 +939,35 @@ class Node:
             connection = self._connections.get(node)
             if connection is None or connection.closed:
                 raise NodeUnreachable(node, "not connected")
-            entry = (message, flags)
+            mode_flag = _MODE_FLAGS.get(message.delivery.delivery_mode, 0) if message.delivery is not None else 0
+            if mode_flag:
+                mode = ALO if mode_flag == FLAG_ALO else EO
+                tracker = self._tracker
+                while not tracker.has_room(node, agent_id, mode):
+                    if not wait:
+                        raise Backpressure(agent_id, f"{tracker.window} reliable messages already outstanding")
+                    await self._tracker_room.park()
+                epoch, seq = tracker.reserve(node, agent_id, mode)
+                entry: tuple[Any, ...] = (message, flags | mode_flag, pack_dseq(epoch, seq))
+                assert message.delivery is not None
+                policy = RetryPolicy.from_guarantee(message.delivery, base=self.config.retry_base, cap=self.config.retry_cap)
+                self._track(Outstanding(node, agent_id, epoch, seq, mode, entry, policy, receipt=receipt))
+                receipt = None
+            else:
+                entry = (message, flags)
+            if self.security is not None:
+                entry = self.security.outgoing(entry)
             if not connection.try_enqueue(entry):
                 await connection.enqueue(entry, wait=wait)
+        if receipt is not None:
+            receipt.succeed()  # nothing further to wait for: in an inbox here, or sent at most once
         await self._after_send()
+
+    def _track(self, item: Outstanding) -> None:
+        self._tracker.add(item, trio.current_time())
+        if item.deadline < self._retransmit_deadline:
+            self._retransmit_deadline = item.deadline
+            self._retransmit_wakeup.unpark_all()
 
     async def _after_send(self) -> None:
         """Every send is a cancellation point; every few hundred, a full checkpoint."""
@@ -558,7 +1001,7 @@ class Node:
         timeout = self.config.request_timeout if timeout is None else timeout
         agent_id, node = self._route(target)
         correlation_id = new_id()
-        template = self._template(type, source, agent_id, delivery, priority, "request_response", data.__class__ is bytes)
+        template = self._template(type, source, agent_id, delivery, priority, "request_response", data.__class__ is bytes, False)
         pending = _PendingRequest(agent_id, node)
         self._pending_requests[correlation_id] = pending
         breaker = self._breaker(agent_id)
@@ -612,6 +1055,7 @@ class Node:
             options.get("priority"),
             "request_response",
             data.__class__ is bytes,
+            False,
         )
 
     async def _local_reply(self, request: Message, data: Any, options: dict[str, Any]) -> None:
@@ -629,6 +1073,8 @@ class Node:
                 if connection is None or connection.closed:
                     raise NodeUnreachable(node_id, "requester's node is gone")
                 entry = (template, data, request.source, _current_trace.get(), request.correlation_id, FLAG_REPLY)
+                if self.security is not None:
+                    entry = self.security.outgoing(entry)
                 await connection.enqueue(entry)
 
             self._responders[node_id] = responder
@@ -672,7 +1118,7 @@ class Node:
                 for target in dict.fromkeys(targets):
                     try:
                         agent_id, node = self._route(target)
-                        template = self._template(type, source, agent_id, None, None, "broadcast", data.__class__ is bytes)
+                        template = self._template(type, source, agent_id, None, None, "broadcast", data.__class__ is bytes, False)
                         await self._deliver(agent_id, node, template, data, correlation_id, FLAG_ACK if waiter else 0, True)
                         sent.add(target)
                     except (AgentNotFound, NodeUnreachable, Backpressure) as exc:
@@ -845,21 +1291,86 @@ class Node:
             self._timer_deadline = math.inf
             self._apply(self._membership.timer("membership-tick", trio.current_time()))
 
+    async def _retransmit_loop(self) -> None:
+        """Resend reliable messages whose acknowledgement is late; fail those out of retries."""
+        tracker = self._tracker
+        while True:
+            deadline = tracker.next_deadline()
+            self._retransmit_deadline = math.inf if deadline is None else deadline
+            with trio.move_on_at(self._retransmit_deadline):
+                await self._retransmit_wakeup.park()
+                continue
+            for action in tracker.due(trio.current_time()):
+                if isinstance(action, Resend):
+                    item = action.item
+                    connection = self._connections.get(item.node)
+                    if connection is not None and not connection.closed:
+                        entry = item.entry if self.security is None else self.security.outgoing(item.entry)
+                        if connection.try_enqueue(entry):
+                            self.stats["retransmitted"] += 1
+                else:
+                    self._delivery_failed(action.item, action.reason)
+            if self._tracker_room:
+                self._tracker_room.unpark_all()
+
+    def _delivery_failed(self, item: Outstanding, reason: str) -> None:
+        self.stats["delivery_failures"] += 1
+        error = DeliveryFailed(item.agent, item.attempts, reason)
+        log.warning("delivery to %s on %s failed: %s", item.agent, item.node, reason)
+        if item.receipt is not None:
+            item.receipt.fail(error)
+
+    def _on_delivered(self, connection: Connection, event: Delivered) -> None:
+        peer = connection.peer_id
+        tracker = self._tracker
+        for mode, acks in ((ALO, event.at_least_once), (EO, event.exactly_once)):
+            for agent, dseq in acks:
+                epoch, seq = unpack_dseq(dseq)
+                for item in tracker.acked(peer, agent, mode, epoch, seq):
+                    if item.receipt is not None:
+                        item.receipt.succeed()
+        if self._tracker_room:
+            self._tracker_room.unpark_all()
+
+    async def _sync_loop(self) -> None:
+        """The exactly-once log: fsync on its policy, compact past its size limit."""
+        log_ = self._dedup_log
+        assert log_ is not None
+        interval = self.config.fsync_interval
+        while True:
+            await trio.sleep(interval)
+            if log_.dirty and log_.fsync_policy != "never":
+                waiting, self._fsync_waiters = self._fsync_waiters, []
+                await trio.to_thread.run_sync(log_.sync)  # fsync blocks: a worker thread, not the loop
+                for connection, agent, dseq in waiting:
+                    connection.acknowledge(True, agent, dseq)
+            self._eo_streams.expire(trio.current_time())
+            if log_.needs_compaction():
+                log_.compact(self._eo_streams.snapshot())
+
     # -- connections ------------------------------------------------------------------------
 
     async def _connect(self, address: Address) -> None:
         assert self._membership is not None
         try:
             with trio.fail_after(self.config.connect_timeout):
-                stream = await trio.open_tcp_stream(*address)
-        except (OSError, trio.TooSlowError) as exc:
+                stream: trio.abc.Stream = await trio.open_tcp_stream(*address)
+            if self.config.tls is not None:  # refusals are logged by the TLS config
+                stream = await self.config.tls.connect(stream, address[0], self.config.handshake_timeout)
+        except (OSError, trio.TooSlowError, SecurityError) as exc:
             log.debug("connect to %s:%d failed: %s", *address, exc)
             self._membership.connect_done(address)
             return
         self._membership.connect_done(address)
         await self._run_connection(stream, outbound=True, via=address)
 
-    async def _accept(self, stream: trio.SocketStream) -> None:
+    async def _accept(self, socket_stream: trio.SocketStream) -> None:
+        stream: trio.abc.Stream = socket_stream
+        if self.config.tls is not None:
+            try:
+                stream = await self.config.tls.accept(socket_stream, self.config.handshake_timeout)
+            except SecurityError:  # logged by the TLS config; keep serving the others
+                return
         await self._run_connection(stream, outbound=False, via=None)
 
     async def _run_connection(self, stream: trio.abc.Stream, *, outbound: bool, via: Address | None) -> None:
@@ -868,7 +1379,9 @@ class Node:
         try:
             try:
                 hello = await connection.handshake(self.config.handshake_timeout)
-            except (ProtocolError, OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                if self.config.tls is not None:  # the certificate must name the node id it announced
+                    self.config.tls.check_peer(stream, hello.node_id)
+            except (ProtocolError, SecurityError, OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 log.info("handshake with %s failed: %s", via or "inbound peer", exc)
                 if isinstance(exc, ProtocolError):
                     self.stats["protocol_errors"] += 1
@@ -948,7 +1461,11 @@ class Node:
 
     async def _on_peer_event(self, connection: Connection, event: object) -> None:
         if isinstance(event, DataBatch):
+            if self.security is not None:
+                event = self.security.screen(connection, event)
             await self._on_data(connection, event)
+        elif isinstance(event, Delivered):
+            self._on_delivered(connection, event)
         elif isinstance(event, ServicePayload):
             service = self._services.get(event.name)
             if service is None:
@@ -989,7 +1506,11 @@ class Node:
         if event.kind == "agent_not_found":
             agent_id = event.detail
             error: Exception = AgentNotFound(agent_id)
+        elif event.kind == REJECTED_KIND:
+            error = rejection_error(connection.peer_id, event.detail)
+            agent_id = error.agent_id
         else:
+            agent_id = event.detail
             error = NodeUnreachable(connection.peer_id, f"{event.kind}: {event.detail}")
         pending = self._pending_requests.get(event.correlation_id)
         if pending is not None and not pending.event.is_set():
@@ -997,7 +1518,7 @@ class Node:
             pending.event.set()
         waiter = self._pending_acks.get(event.correlation_id)
         if waiter is not None:
-            waiter.failed[event.detail] = error
+            waiter.failed[agent_id] = error
             waiter.settle()
 
     async def _on_data(self, connection: Connection, batch: DataBatch) -> None:
@@ -1005,6 +1526,7 @@ class Node:
         groups: dict[str, list[Message]] = {}
         acks: list[tuple[str, str]] = []
         flags_list = batch.flags
+        positions = batch.positions
         responder = None
         publications: list[tuple[Message, int]] = []
         for i, message in enumerate(batch.messages):
@@ -1016,6 +1538,9 @@ class Node:
                 publications.append((message, flags))
                 continue
             target = message.subject
+            if positions is not None and i in positions and target is not None and target in inboxes:
+                if not self._admit_reliable(connection, inboxes[target], target, message, flags, positions[i]):
+                    continue
             if target is None or target not in inboxes:
                 self.stats["dropped_unknown_agent"] += 1
                 if flags and message.correlation_id:
@@ -1047,6 +1572,48 @@ class Node:
                 done = [ack for ack in acks if ack[1] == agent_id]
                 if done:
                     connection.send_control(connection.protocol.acks(done))
+
+    def _admit_reliable(self, connection: Connection, inbox: Inbox, agent: str, message: Message, flags: int, dseq: int) -> bool:
+        """Decide about one reliable message; True to put it in the inbox (hooks attached)."""
+        assert connection.peer is not None
+        if flags & FLAG_EO:
+            epoch, seq = unpack_dseq(dseq)
+            key = (connection.peer.node_id, connection.peer.incarnation, agent, epoch)
+            verdict = self._eo_streams.offer(key, seq, trio.current_time())
+            if verdict == STREAM_ACCEPT:
+                inbox.track(message, TAKEN, partial(self._eo_taken, connection.peer.node_id, key, agent, dseq))
+                return True
+            if verdict == STREAM_DUPLICATE_TAKEN:
+                self.stats["duplicates_dropped"] += 1
+                watermark = self._eo_streams.taken_watermark(key)
+                connection.acknowledge(True, agent, pack_dseq(epoch, watermark))
+            elif verdict == STREAM_DUPLICATE_QUEUED:
+                self.stats["duplicates_dropped"] += 1
+            else:
+                self.stats["out_of_order_dropped"] += 1
+            return False
+        inbox.track(message, HANDLED, partial(self._alo_handled, connection.peer.node_id, agent, dseq))
+        return True
+
+    def _alo_handled(self, peer: str, agent: str, dseq: int) -> None:
+        connection = self._connections.get(peer)
+        if connection is not None:
+            connection.acknowledge(False, agent, dseq)
+
+    def _eo_taken(self, peer: str, key: tuple[str, int, str, int], agent: str, dseq: int) -> None:
+        """An exactly-once message is being handed to its agent: record it first, then acknowledge."""
+        seq = dseq & SEQ_MASK
+        watermark = self._eo_streams.taken(key, seq, trio.current_time())
+        if self._dedup_log is not None:
+            self._dedup_log.record(key, watermark)
+        connection = self._connections.get(peer)
+        if connection is None:
+            return
+        ack = pack_dseq(key[3], watermark)
+        if self._dedup_log is not None and self._dedup_log.fsync_policy == "always":
+            self._fsync_waiters.append((connection, agent, ack))
+        else:
+            connection.acknowledge(True, agent, ack)
 
     async def _wait_for_service(self, connection: Connection, service: Service, payload: bytes) -> None:
         assert self._membership is not None

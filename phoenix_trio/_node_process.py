@@ -32,6 +32,8 @@ class NodeProcess:
         failure_timeout: float = 1.0,
         heartbeat: float = 0.2,
         listen: str = "127.0.0.1:0",
+        data_dir: str | None = None,
+        extra_args: list[str] | tuple[str, ...] = (),
     ) -> None:
         self.name = name
         self.seeds = list(seeds)
@@ -39,6 +41,8 @@ class NodeProcess:
         self.failure_timeout = failure_timeout
         self.heartbeat = heartbeat
         self.listen = listen
+        self.data_dir = data_dir
+        self.extra_args = list(extra_args)
         self.process: trio.Process | None = None
         self.address: str | None = None
         self.events: list[dict[str, Any]] = []
@@ -57,7 +61,9 @@ class NodeProcess:
             cmd += ["--seed", seed]
         for agent in self.agents:
             cmd += ["--agent", agent]
-        return cmd
+        if self.data_dir is not None:
+            cmd += ["--data-dir", self.data_dir]
+        return cmd + self.extra_args
 
     async def start(self, nursery: trio.Nursery, timeout: float = 20.0) -> NodeProcess:
         """Start the process under ``nursery`` (cancelling it kills the process) and wait until it listens."""

@@ -36,7 +36,15 @@ Frames (the C core's format, CRC32C checked) travel on two channels:
     the trace it continues, or nil for a new trace (id ``trace_base + i``).
 
   ``flags`` bit 0 asks for an acknowledgement once the message is in the agent's
-  inbox; bit 1 marks a request waiting for a reply; bit 2 marks a reply.
+  inbox; bit 1 marks a request waiting for a reply; bit 2 marks a reply; bit 3 asks for
+  at-least-once and bit 4 for exactly-once delivery (see :mod:`phoenix_trio._delivery`):
+  such items carry two more elements, the message id and the stream position
+  (``[4, ..., flags, id, dseq]``, ``[1, ..., flags, dseq]``, ``[2, flags, layout1, dseq]``;
+  a batched item's id may be compact: ``(ms << 16) | seq``, completed by the stamp's node part),
+  and the receiver answers with DELIVERED control messages. Bit 5 marks a publication
+  (the subject is a topic; the receiving node hands it to its matching subscriptions,
+  see :mod:`phoenix_trio._pubsub`) and bit 6 a publication that spent a unit of the
+  receiver's pub-sub credit.
 """
 
 from __future__ import annotations
@@ -82,6 +90,10 @@ COMPRESS_THRESHOLD = 64 * 1024
 FLAG_ACK = 0x01
 FLAG_REQUEST = 0x02
 FLAG_REPLY = 0x04
+FLAG_ALO = 0x08  # at-least-once: acknowledge when the agent has handled it
+FLAG_EO = 0x10  # exactly-once: accept in stream order, de-duplicate, acknowledge cumulatively
+FLAG_PUBLISH = 0x20  # pub-sub: the subject is a topic; the node's subscriptions get it (phoenix_trio._pubsub)
+FLAG_CREDITED = 0x40  # pub-sub: the publisher spent a unit of the receiver's credit on it
 
 _NODE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _NODE_HEX_RE = re.compile(r"[0-9a-f]{12}")
@@ -99,6 +111,7 @@ class Tag(enum.IntEnum):
     REQUEST_FAILED = 7
     ACKS = 8
     SERVICE = 9
+    DELIVERED = 10
 
 
 class State(enum.Enum):
@@ -177,10 +190,20 @@ class ServicePayload:
 
 @attrs.frozen(slots=True)
 class DataBatch:
-    """Messages from one data frame, each with its flags (FLAG_ACK, FLAG_REQUEST)."""
+    """Messages from one data frame, each with its flags, and the stream positions
+    (index -> dseq) of those sent at-least-once or exactly-once."""
 
     messages: list[Message]
     flags: list[int]
+    positions: dict[int, int] | None = None
+
+
+@attrs.frozen(slots=True)
+class Delivered:
+    """Acknowledgements for reliable messages: (agent, dseq) each; exactly-once ones cumulative."""
+
+    at_least_once: list[tuple[str, int]]
+    exactly_once: list[tuple[str, int]]
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -226,6 +249,8 @@ class SendTemplate:
     qos: QoSRequirements
     dataschema: None = None
     extensions: Any = attrs.field(factory=lambda: EMPTY)
+    mode: int = 0  # 0, FLAG_ALO or FLAG_EO: what the delivery record asks of the transport
+    policy: Any = None  # its RetryPolicy when mode is set
 
 
 @attrs.define(slots=True)
@@ -423,6 +448,9 @@ class PeerProtocol:
     def acks(self, acks: list[tuple[str, str]]) -> bytes:
         return self._control([Tag.ACKS, [list(a) for a in acks]])
 
+    def delivered(self, at_least_once: list[tuple[str, int]], exactly_once: list[tuple[str, int]]) -> bytes:
+        return self._control([Tag.DELIVERED, [list(a) for a in at_least_once], [list(a) for a in exactly_once]])
+
     def service(self, name: str, payload: bytes) -> bytes:
         return self._control([Tag.SERVICE, name, payload])
 
@@ -449,18 +477,27 @@ class PeerProtocol:
         last_parent: Any = None
         last_parent_item: Any = None
         for entry in entries:
-            if len(entry) == 6:
-                template, data, subject, parent, correlation_id, f = entry
+            size = len(entry)
+            if size >= 6:
+                template, data, subject, parent, correlation_id, f = entry[:6]
                 if parent is not last_parent:  # consecutive sends usually share the parent
                     last_parent = parent
                     resolved = _resolve_trace(parent)
                     last_parent_item = None if resolved is None else [resolved.trace_id, resolved.flags, resolved.tracestate]
-                items.append([4, templates.index_for_template(template, items), subject, data, last_parent_item, correlation_id, f])
+                item = [4, templates.index_for_template(template, items), subject, data, last_parent_item, correlation_id, f]
+                if size == 8:  # reliable: stable id and stream position
+                    item.append(entry[6])
+                    item.append(entry[7])
+                items.append(item)
                 batched += 1
                 continue
-            m, f = entry
+            if len(entry) == 3:
+                m, f, dseq = entry
+            else:
+                m, f = entry
+                dseq = None
             if m.security is not None or m.specversion != SPECVERSION:
-                items.append([2, f, _msgpack.to_array(m)])
+                items.append([2, f, _msgpack.to_array(m)] if dseq is None else [2, f, _msgpack.to_array(m), dseq])
                 continue
             index = templates.index_for(m, items)
             trace = m.trace
@@ -479,6 +516,8 @@ class PeerProtocol:
                     f,
                 ]
             )
+            if dseq is not None:
+                items[-1].append(dseq)
         if batched:
             if stamper is None:
                 raise EncodeError("batched messages need a stamper")
@@ -574,6 +613,16 @@ class PeerProtocol:
                     raise _fail("agent entry must be [agent_id, group, up]")
                 updates.append(AgentUpdate(_str(entry[0], "agent id", limit=256), _str(entry[1], "group", limit=256, optional=True), entry[2]))
             return Agents(message[1], updates)
+        if tag == Tag.DELIVERED and len(message) == 3:
+            lists = []
+            for entries in message[1:]:
+                acks = []
+                for entry in _list(entries, "acknowledgements"):
+                    if type(entry) is not list or len(entry) != 2:
+                        raise _fail("acknowledgement must be [agent_id, position]")
+                    acks.append((_str(entry[0], "agent id", limit=256), _int(entry[1], "position", 1, 2**63 - 1)))
+                lists.append(acks)
+            return Delivered(lists[0], lists[1])
         if tag == Tag.SERVICE and len(message) == 3:
             if type(message[2]) is not bytes:
                 raise _fail("service payload must be bytes")
@@ -631,12 +680,13 @@ class PeerProtocol:
         append = messages.append
         stamp: Stamp | None = None
         position = 0
+        positions: dict[int, int] | None = None
         for item in items:
             if type(item) is not list or not item:
                 raise _fail("data item must be a tagged array")
             tag = item[0]
-            if tag == 4 and len(item) == 7:
-                _, index, subject, data, parent, corr, f = item
+            if tag == 4 and (len(item) == 7 or len(item) == 9):
+                _, index, subject, data, parent, corr, f = item[:7]
                 template = templates[index] if type(index) is int and 0 <= index < MAX_TEMPLATES else None
                 if template is None:
                     raise _fail(f"message refers to undefined template {index!r}")
@@ -650,14 +700,18 @@ class PeerProtocol:
                     raise _fail("invalid correlation id")
                 if parent is not None:
                     self._check_parent(parent)
+                if len(item) == 9:
+                    positions = self._position(positions, len(messages), item[7], item[8])
                 append(wire_message(stamp, template, item, position))
                 flags.append(f)
                 position += 1
             elif tag == 5 and len(item) == 10:
                 stamp = self._stamp(item)
                 position = 0
-            elif tag == 1 and len(item) == 10:
-                _, index, id_, subject, data, time, trace, clock, corr, f = item
+            elif tag == 1 and (len(item) == 10 or len(item) == 11):
+                _, index, id_, subject, data, time, trace, clock, corr, f = item[:10]
+                if len(item) == 11:
+                    positions = self._position(positions, len(messages), id_, item[10])
                 template = templates[index] if type(index) is int and 0 <= index < MAX_TEMPLATES else None
                 if template is None:
                     raise _fail(f"message refers to undefined template {index!r}")
@@ -699,18 +753,35 @@ class PeerProtocol:
                 flags.append(f)
             elif tag == 0 and len(item) == 10:
                 self._define_template(item)
-            elif tag == 2 and len(item) == 3:
+            elif tag == 2 and (len(item) == 3 or len(item) == 4):
                 if type(item[1]) is not int:
                     raise _fail("flags must be an int")
                 try:
-                    append(_msgpack.from_array(item[2]))
+                    full = _msgpack.from_array(item[2])
                 except DecodeError as exc:
                     raise _fail(f"invalid message: {exc}") from None
+                if len(item) == 4:
+                    positions = self._position(positions, len(messages), full.id, item[3])
+                append(full)
                 flags.append(item[1])
             else:
                 raise _fail(f"unknown data item (tag {tag!r})")
         self.messages_received += len(messages)
-        return DataBatch(messages, flags)
+        return DataBatch(messages, flags, positions)
+
+    @staticmethod
+    def _position(positions: dict[int, int] | None, index: int, id_: Any, dseq: Any) -> dict[int, int]:
+        if type(id_) is int:
+            if not 0 <= id_ < 1 << 64:
+                raise _fail("compact message id out of range")
+        elif type(id_) is not str or not id_ or len(id_) > 4096:
+            raise _fail("a reliable message needs an id")
+        if type(dseq) is not int or not 0 < dseq < 1 << 63 or not dseq & ((1 << 40) - 1):
+            raise _fail("stream position out of range")
+        if positions is None:
+            positions = {}
+        positions[index] = dseq
+        return positions
 
     def _stamp(self, item: list[Any]) -> Stamp:
         _, ms, first_seq, node_hex, time, clock_node, clock_others, clock_first, span_base, trace_base = item

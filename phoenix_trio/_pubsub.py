@@ -82,7 +82,7 @@ import trio
 from ._errors import Backpressure, ConfigurationError, EncodeError
 from ._ids import new_id
 from ._message import DeliveryGuarantee, Message, QoSRequirements, RoutingMetadata
-from ._peer_protocol import SendTemplate
+from ._peer_protocol import FLAG_CREDITED, FLAG_PUBLISH, SendTemplate
 from ._taxonomy import message_characteristics, validate_type
 from ._topics import InvalidTopic, TopicTrie, validate_pattern, validate_topic
 from ._trace import _current as _current_trace
@@ -100,10 +100,6 @@ DELIVERIES = ("at_most_once", "at_least_once")
 BACKPRESSURES = ("drop_oldest", "drop_newest", "block")
 FANOUTS = ("immediate", "batched")
 
-FLAG_PUBLISH = 0x10
-"""Wire flag: the item's subject is a topic; deliver to the node's matching subscriptions."""
-FLAG_CREDITED = 0x20
-"""Wire flag: the publisher spent one unit of the receiver's credit on this publication."""
 
 INTEREST_ALO = 0x01  # a matching subscription there wants at_least_once
 INTEREST_BLOCK = 0x02  # a matching subscription there blocks: publishers need credit

@@ -26,7 +26,7 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any
 
-from ._ids import format_id
+from ._ids import format_compact, format_id
 from ._message import SPECVERSION, Message, RoutingMetadata
 from ._trace import TraceContext, _trusted as _trusted_trace
 from ._trace import span_id_at, trace_id_at
@@ -84,7 +84,7 @@ class WireMessage(Message):
     """A Message decoded lazily from a batch item. See the module docstring."""
 
     __slots__ = ("_wire", "_resp")
-    # _wire = (stamp, template, item, index); item = [4, template_index, subject, data, parent, correlation_id, flags]
+    # _wire = (stamp, template, item, index); item = [4, template_index, subject, data, parent, correlation_id, flags(, id, dseq)]
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Message):
@@ -131,7 +131,11 @@ def _property(name: str, compute: Any) -> property:
 
 
 def _id(wire: tuple[Any, ...]) -> str:
+    item = wire[2]
     stamp = wire[0]
+    if len(item) > 7:  # a reliable message keeps its id across retries
+        ident = item[7]
+        return ident if type(ident) is str else format_compact(ident, stamp.node_hex)
     return format_id(stamp.ms, stamp.first_seq + wire[3], stamp.node_hex)
 
 

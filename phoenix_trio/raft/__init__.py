@@ -10,6 +10,8 @@ The public names are re-exported here; the modules behind them are private. See
   (the driver's side of the persist-before-respond contract)
 - :class:`KVStateMachine` and the :class:`StateMachine` protocol
 - :class:`TotalOrderGroup`: total-order broadcast on the log
+- :func:`open_raft` (:class:`Raft`) and :func:`open_total_order_group` (:class:`TotalOrderBroadcast`):
+  the Trio driver that runs a member on a node (``phoenix_trio.open_node``)
 - :class:`SimCluster`: a cluster in the deterministic simulation with a synchronous façade
 - :class:`SafetyChecker` and :func:`check_linearizable`: the verification tools
 """
@@ -38,6 +40,11 @@ from ._effects import ProposalQueued as ProposalQueued
 from ._effects import ProposalResult as ProposalResult
 from ._effects import ReadResult as ReadResult
 from ._effects import RoleChanged as RoleChanged
+from ._driver import DriverStatistics as DriverStatistics
+from ._driver import open_raft as open_raft
+from ._driver import open_total_order_group as open_total_order_group
+from ._driver import Raft as Raft
+from ._driver import TotalOrderBroadcast as TotalOrderBroadcast
 from ._errors import ConfigChangeInProgress as ConfigChangeInProgress
 from ._errors import ProposalDropped as ProposalDropped
 from ._errors import ProposalOutcomeUnknown as ProposalOutcomeUnknown

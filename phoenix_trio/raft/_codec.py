@@ -1,6 +1,8 @@
 """The wire encoding of Raft messages: a tagged msgpack array per message.
 
-``encode(msg) -> bytes`` and ``decode(bytes) -> msg``. ``decode`` of any bytes either
+``encode(msg) -> bytes`` and ``decode(bytes) -> msg``. ``encode_many``/``decode_many`` carry
+several messages in one payload (the runtime driver sends one payload per peer per
+batch): the encoded messages back to back. ``decode`` of any bytes either
 returns a valid message (every field of the right type and range) or raises
 :class:`phoenix_trio.DecodeError`; it never raises anything else, and it refuses inputs
 larger than ``max_size`` before parsing them. Layout: ``[tag, field, field, ...]`` in
@@ -219,3 +221,38 @@ def _build(fields: Any) -> Any:
         _arity(stream, 2, "GroupSubmit.stream")
         return GroupSubmit((_node_id(stream[0]), _int(stream[1])), _int(fields[2]), tuple(_list(fields[3])))
     raise DecodeError(f"unknown message tag {tag!r:.40}")
+
+
+def encode_many(messages: list[Any]) -> bytes:
+    """Encode several messages into one payload: their encodings back to back."""
+    if len(messages) == 1:
+        return encode(messages[0])
+    return b"".join([encode(m) for m in messages])
+
+
+def decode_many(data: bytes | bytearray | memoryview, *, max_size: int = MAX_MESSAGE_SIZE) -> list[Any]:
+    """Decode a payload of back-to-back messages (:func:`encode_many`); every message is
+    checked as by :func:`decode`, and any failure raises :class:`DecodeError`."""
+    try:
+        size = len(data)
+    except TypeError as exc:
+        raise DecodeError(f"cannot decode {type(data).__name__}") from exc
+    if size > max_size:
+        raise DecodeError(f"payload of {size} bytes exceeds {max_size}")
+    unpacker = msgpack.Unpacker(raw=False, use_list=True, strict_map_key=False, max_buffer_size=max(size, 1))
+    try:
+        unpacker.feed(data)
+        out = []
+        end = 0
+        for fields in unpacker:
+            out.append(_build(fields))
+            end = unpacker.tell()
+    except DecodeError:
+        raise
+    except Exception as exc:  # msgpack's own errors, bad UTF-8, recursion limits ...
+        raise DecodeError(f"malformed Raft payload: {type(exc).__name__}: {exc}"[:200]) from exc
+    if not out:
+        raise DecodeError("empty Raft payload")
+    if end != size:
+        raise DecodeError("truncated Raft payload")
+    return out
