@@ -1528,14 +1528,14 @@ class Node:
         flags_list = batch.flags
         positions = batch.positions
         responder = None
-        publications: list[tuple[Message, int]] = []
+        publications: list[tuple[Message, int, int | None]] = []
         for i, message in enumerate(batch.messages):
             flags = flags_list[i]
             if flags & FLAG_REPLY:
                 self._resolve_reply(message)
                 continue
             if flags & FLAG_PUBLISH:
-                publications.append((message, flags))
+                publications.append((message, flags, positions.get(i) if positions is not None else None))
                 continue
             target = message.subject
             if positions is not None and i in positions and target is not None and target in inboxes:
