@@ -79,10 +79,11 @@ import attrs
 import msgpack
 import trio
 
-from ._errors import Backpressure, ConfigurationError, EncodeError
+from ._errors import Backpressure, ConfigurationError, EncodeError, NodeUnreachable
 from ._ids import new_id
 from ._message import DeliveryGuarantee, Message, QoSRequirements, RoutingMetadata
-from ._peer_protocol import FLAG_CREDITED, FLAG_PUBLISH, SendTemplate
+from ._peer_protocol import FLAG_ALO, FLAG_CREDITED, FLAG_PUBLISH, SendTemplate
+from ._retry import RetryPolicy
 from ._taxonomy import message_characteristics, validate_type
 from ._topics import InvalidTopic, TopicTrie, validate_pattern, validate_topic
 from ._trace import _current as _current_trace
@@ -177,9 +178,11 @@ class Subscription:
         self._block = backpressure == "block"
         self._drop_oldest = backpressure == "drop_oldest"
         self._queue: deque[Message] = deque(maxlen=capacity) if self._drop_oldest else deque()
-        # block only: per queued message, the credit it holds: None, the publishing node's
-        # id (this is the only block queue it entered) or a shared [count, node id] token
-        self._tokens: deque[list[Any] | str | None] | None = deque() if self._block else None
+        # block only: per queued message, what it holds for its publisher: None, the
+        # publishing node's id (a unit of credit, this being the only block queue it
+        # entered) or a _Hold shared by the queues it entered (credit and/or an ack)
+        self._tokens: deque[_Token] | None = deque() if self._block else None
+        self._handling: _Token = None  # released when the consumer comes back for the next
         self._consumers = trio.lowlevel.ParkingLot()
         self._producers = trio.lowlevel.ParkingLot()
         self._closed = False
@@ -256,7 +259,7 @@ class Subscription:
         if self._consumers:
             self._consumers.unpark_all()
 
-    def _put_blocking_nowait(self, message: Message, token: list[Any] | str | None, *, force: bool) -> bool:
+    def _put_blocking_nowait(self, message: Message, token: _Token, *, force: bool) -> bool:
         """block policy: queue if there is room (or ``force``: credit was spent on it)."""
         if self._closed:
             return True
@@ -265,8 +268,8 @@ class Subscription:
             return False
         queue.append(message)
         self._tokens.append(token)  # type: ignore[union-attr]
-        if token.__class__ is list:
-            token[0] += 1  # type: ignore[index]
+        if token.__class__ is _Hold:
+            token.count += 1  # type: ignore[union-attr]
         self.received += 1
         if len(queue) > self.high_water:
             self.high_water = len(queue)
@@ -288,19 +291,23 @@ class Subscription:
         self.delivered += 1
         tokens = self._tokens
         if tokens is not None:
-            token = tokens.popleft()
-            if token is not None:
-                if token.__class__ is str:
-                    self._pubsub._credit_returned(token)
-                else:
-                    _release(self._pubsub, token)
+            self._handling = tokens.popleft()  # handled once the consumer comes back
             if self._producers and len(self._queue) <= self.capacity // 2:
                 self._producers.unpark_all()
         _current_trace.set(message)
         return message
 
+    def _came_back(self) -> None:
+        """The consumer asks for the next message: the previous one has been handled."""
+        token = self._handling
+        if token is not None:
+            self._handling = None
+            _release(self._pubsub, token)
+
     def receive_nowait(self) -> Message:
         """The next message, or ``trio.WouldBlock`` (``trio.EndOfChannel`` once closed)."""
+        if self._handling is not None:
+            self._came_back()
         if self._queue:
             return self._take()
         if self._closed:
@@ -309,6 +316,8 @@ class Subscription:
 
     async def receive(self) -> Message:
         """Wait for the next message; ``trio.EndOfChannel`` once the subscription is closed."""
+        if self._handling is not None:
+            self._came_back()
         while not self._queue:
             if self._closed:
                 raise trio.EndOfChannel
@@ -330,6 +339,8 @@ class Subscription:
         return self
 
     async def __anext__(self) -> Message:
+        if self._handling is not None:
+            self._came_back()
         if self._queue and self._since_yield < YIELD_EVERY - 1:
             self._since_yield += 1
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -365,10 +376,9 @@ class Subscription:
         self.discarded_on_close += len(self._queue)
         self._queue.clear()
         if self._tokens is not None:
+            self._came_back()
             for token in self._tokens:
-                if token.__class__ is str:
-                    self._pubsub._credit_returned(token)
-                elif token is not None:
+                if token is not None:
                     _release(self._pubsub, token)
             self._tokens.clear()
         self._consumers.unpark_all()
@@ -660,6 +670,7 @@ class PubSub:
         if plan.remote:
             trace = _current_trace.get()
             connections = self.node._connections
+            security = self.node.security
             batched = fanout == "batched"
             for node_id, template, flags, reliable in plan.remote:
                 if batched:
@@ -675,6 +686,8 @@ class PubSub:
                     self.undeliverable += 1
                     continue
                 entry = (template, event, topic, trace, None, flags)
+                if security is not None:
+                    entry = security.outgoing(entry)
                 if not connection.try_enqueue(entry):
                     await connection.enqueue(entry, wait=wait)
                 self.sent_remote += 1
@@ -689,8 +702,6 @@ class PubSub:
 
     async def _send_reliable(self, node_id: str, template: SendTemplate, event: Any, topic: str, flags: int, wait: bool) -> None:
         """at_least_once: through the node's own send path (acknowledgements and retries)."""
-        from ._errors import NodeUnreachable
-
         try:
             await self.node._deliver(topic, node_id, template, event, None, flags, wait)
             self.sent_remote += 1
@@ -745,13 +756,19 @@ class PubSub:
         if template is None:
             traits = message_characteristics(type_)
             routing = RoutingMetadata(pattern="publish_subscribe", topic=topic, priority=traits.priority, fanout_strategy=fanout)
+            guarantee = DeliveryGuarantee.build(mode, ordering=traits.ordering)
+            reliable = mode == "at_least_once"
+            config = self.node.config
             template = SendTemplate(
                 source or self.node.uri,
                 type_,
                 "application/octet-stream" if binary else "application/json",
-                DeliveryGuarantee.build(mode, ordering=traits.ordering),
+                guarantee,
                 routing,
                 QoSRequirements(priority=traits.priority, consistency=traits.consistency),
+                # at_least_once: tracked by the node's reliable transport (acks, retries)
+                mode=FLAG_ALO if reliable else 0,
+                policy=RetryPolicy.from_guarantee(guarantee, base=config.retry_base, cap=config.retry_cap) if reliable else None,
             )
             if len(self._templates) >= 4096:
                 self._templates.clear()
@@ -809,11 +826,14 @@ class PubSub:
         if connection is None or connection.closed:
             self.undeliverable += len(entries)
             return
+        security = self.node.security
         for index, entry in enumerate(entries):
             template = entry[0]
-            if template.delivery.delivery_mode == "at_least_once":
+            if template.mode:
                 await self._send_reliable(node_id, template, entry[1], entry[2], entry[5], True)
                 continue
+            if security is not None:
+                entry = security.outgoing(entry)
             try:
                 if not connection.try_enqueue(entry):
                     await connection.enqueue(entry, wait=wait)
@@ -839,14 +859,16 @@ class PubSub:
 
     # -- receiving publications ----------------------------------------------------------
 
-    async def on_publications(self, peer_id: str, items: list[tuple[Message, int]]) -> None:
-        """Publications that arrived from ``peer_id`` (called by the node's reader).
+    async def on_publications(self, peer_id: str, items: list[tuple[Message, int, int | None]]) -> None:
+        """Publications that arrived from ``peer_id`` (called by the node's reader):
+        ``(message, flags, stream position)``, the position set for reliable ones.
 
         Returns once each is in every matching subscription's queue (or refused by its
         filter or policy). A ``block`` subscription that is full stops the reader until
         there is room, except for publications that spent credit, which it always takes.
         Consecutive publications on one topic go to each plain subscription (no filter,
-        a drop policy) as one batch.
+        a drop policy) as one batch. A reliable publication is acknowledged once every
+        block queue it entered has handled it (at once if it entered none).
         """
         self.received_remote += len(items)
         cache = self._local_cache
@@ -854,10 +876,10 @@ class PubSub:
         plain: tuple[Subscription, ...] = ()
         special: tuple[Subscription, ...] = ()
         run: list[Message] = []
-        blocked: list[tuple[Subscription, Message, list[Any] | str | None]] = []
+        blocked: list[tuple[Subscription, Message, _Token, bool]] = []
         stuck: set[Subscription] = set()  # block queues that refused one: later ones wait behind it
-        held: list[list[Any]] = []
-        for message, flags in items:
+        held: list[_Hold] = []
+        for message, flags, dseq in items:
             topic = message.subject
             if topic != last_topic:
                 if run:
@@ -873,38 +895,41 @@ class PubSub:
                 run.append(message)
             elif not special:
                 self.unmatched_remote += 1
+            credited = bool(flags & FLAG_CREDITED)
             if not special:
-                if flags & FLAG_CREDITED:  # no block queue here (any more): give the credit back
+                # no block queue here (any more): the credit and the acknowledgement are due now
+                if credited:
                     self._credit_returned(peer_id)
+                if dseq is not None:
+                    self._acknowledge(peer_id, topic, dseq)
                 continue
-            if len(special) == 1 and special[0].filter is None:
+            if dseq is None and len(special) == 1 and special[0].filter is None:
                 # the common case, one block queue: the token is the publisher's node id
                 subscription = special[0]
-                credited = bool(flags & FLAG_CREDITED)
                 token_id = peer_id if credited else None
                 if subscription in stuck or not subscription._put_blocking_nowait(message, token_id, force=credited):
                     stuck.add(subscription)
-                    blocked.append((subscription, message, token_id))
+                    blocked.append((subscription, message, token_id, credited))
                 continue
-            # Otherwise a credited publication holds a token: one count per block queue it
-            # enters, plus one held here until it has entered them all.
-            token = [1, peer_id] if flags & FLAG_CREDITED else None
+            # Otherwise the publication holds a _Hold: one count per block queue it enters,
+            # plus one held here until it has entered them all.
+            hold = _Hold(peer_id, credited, topic, dseq) if credited or dseq is not None else None
             deferred = False
             for subscription in special:
                 if subscription.filter is not None and not subscription._accepts(message):
                     continue
                 if subscription._block:
-                    if subscription in stuck or not subscription._put_blocking_nowait(message, token, force=token is not None):
+                    if subscription in stuck or not subscription._put_blocking_nowait(message, hold, force=credited):
                         stuck.add(subscription)
-                        blocked.append((subscription, message, token))
+                        blocked.append((subscription, message, hold, credited))
                         deferred = True
                 else:
                     subscription._put_one(message)
-            if token is not None:
+            if hold is not None:
                 if deferred:
-                    held.append(token)
+                    held.append(hold)
                 else:
-                    _release(self, token)
+                    _release(self, hold)
         if run:
             for subscription in plain:
                 subscription._put_many(run)
@@ -928,20 +953,18 @@ class PubSub:
         self._local_cache[topic] = routes
         return routes
 
-    async def _wait_for_room(
-        self, peer_id: str, blocked: list[tuple[Subscription, Message, list[Any] | str | None]], held: list[list[Any]]
-    ) -> None:
+    async def _wait_for_room(self, peer_id: str, blocked: list[tuple[Subscription, Message, _Token, bool]], held: list[_Hold]) -> None:
         """Uncredited publications for full ``block`` queues: stop this reader until they fit."""
         membership = self.node._membership
         if membership is not None:
             membership.stall(peer_id, True, trio.current_time())
         try:
-            for subscription, message, token in blocked:
-                while not subscription._put_blocking_nowait(message, token, force=token is not None):
+            for subscription, message, token, credited in blocked:
+                while not subscription._put_blocking_nowait(message, token, force=credited):
                     await subscription._producers.park()
         finally:
-            for token in held:
-                _release(self, token)
+            for hold in held:
+                _release(self, hold)
             if membership is not None:
                 membership.stall(peer_id, False, trio.current_time())
 
@@ -957,6 +980,12 @@ class PubSub:
                 dirty.add(peer_id)
                 if self._grant_lot:
                     self._grant_lot.unpark_all()
+
+    def _acknowledge(self, peer_id: str, topic: str, dseq: int) -> None:
+        """A reliable publication from ``peer_id`` is handled here: tell its publisher."""
+        connection = self.node._connections.get(peer_id)
+        if connection is not None and not connection.closed:
+            connection.acknowledge(False, topic, dseq)
 
     async def _grant_loop(self) -> None:
         while True:
@@ -1154,11 +1183,34 @@ class PubSub:
 _WIRE_TYPES = frozenset({bytes, str, int, float, bool, type(None), dict, list, tuple})
 
 
-def _release(pubsub: PubSub, token: list[Any]) -> None:
-    """Drop one hold on a credit token; the last one returns the credit to its publisher."""
-    token[0] -= 1
-    if token[0] == 0:
-        pubsub._credit_returned(token[1])
+class _Hold:
+    """What one publication owes its publisher until every block queue it entered has
+    handled it: a unit of credit, an acknowledgement, or both."""
+
+    __slots__ = ("count", "peer", "credited", "topic", "dseq")
+
+    def __init__(self, peer: str, credited: bool, topic: str, dseq: int | None) -> None:
+        self.count = 1
+        self.peer = peer
+        self.credited = credited
+        self.topic = topic
+        self.dseq = dseq
+
+
+_Token = _Hold | str | None
+
+
+def _release(pubsub: PubSub, token: _Hold | str) -> None:
+    """Drop one hold; the last one returns the credit and sends the acknowledgement."""
+    if token.__class__ is str:
+        pubsub._credit_returned(token)  # type: ignore[arg-type]
+        return
+    token.count -= 1  # type: ignore[union-attr]
+    if token.count == 0:  # type: ignore[union-attr]
+        if token.credited:  # type: ignore[union-attr]
+            pubsub._credit_returned(token.peer)  # type: ignore[union-attr]
+        if token.dseq is not None:  # type: ignore[union-attr]
+            pubsub._acknowledge(token.peer, token.topic, token.dseq)  # type: ignore[union-attr]
 
 
 def _check_encodable(event: Any) -> None:

@@ -188,6 +188,8 @@ async def test_block_across_nodes_uses_credit_and_the_connection_keeps_flowing()
             assert got == list(range(100))
             stats = sub.statistics()
             assert stats.dropped == 0 and stats.high_water <= 8
+            with pytest.raises(trio.WouldBlock):
+                sub.receive_nowait()  # the consumer comes back: the last one is handled too
             # all credit came back
             with trio.fail_after(5):
                 while a.pubsub.statistics().credit.get("n1") != 8:
@@ -318,6 +320,51 @@ async def test_credit_comes_back_with_several_block_queues_filters_and_closing()
             nursery.start_soon(take, every, got_every, 200)
         assert got_even == list(range(0, 200, 2)) and got_every == list(range(200))
         assert even.statistics().filtered == 100 and even.statistics().dropped == 0
+        for sub in (even, every):
+            with pytest.raises(trio.WouldBlock):
+                sub.receive_nowait()  # handled
         with trio.fail_after(5):
             while a.pubsub.statistics().credit.get("n1") != 6:
                 await a.pubsub._peers["n1"].lot.park()
+
+
+async def test_at_least_once_publications_are_acknowledged_once_handled() -> None:
+    async with cluster(2) as (a, b):
+        async with b.subscribe("jobs.#", delivery="at_least_once", capacity=16) as sub, b.subscribe("jobs.#") as plain:
+            await a.pubsub.wait_for_subscribers("jobs.x", {"n1"}, timeout=5)
+            for i in range(5):
+                await a.publish("jobs.x", i)
+            assert [(await plain.receive()).data for _ in range(5)] == list(range(5))
+            await trio.testing.wait_all_tasks_blocked()
+            # tracked by the node's reliable transport until the subscriber has handled them
+            assert a._tracker.outstanding == 5
+            first = await sub.receive()
+            assert first.delivery.delivery_mode == "at_least_once" and first.data == 0
+            for i in range(1, 5):
+                assert (await sub.receive()).data == i
+            with pytest.raises(trio.WouldBlock):
+                sub.receive_nowait()  # coming back for more: the fifth is handled too
+            await a.flush_deliveries(timeout=5)
+            assert a._tracker.outstanding == 0 and a.stats["retransmitted"] == 0
+
+
+async def test_publications_are_secured_like_any_message_between_nodes() -> None:
+    from phoenix_trio import security as sec
+
+    from .test_security_node import node_context, secure_cluster
+
+    policy = sec.SecurityPolicy(default=sec.AUTHENTICATE)
+    async with secure_cluster(2, lambda node_id: node_context(node_id, policy)) as (a, b):
+        async with b.subscribe("secure.*") as sub, b.subscribe("secure.#", delivery="at_least_once") as reliable:
+            await a.pubsub.wait_for_subscribers("secure.x", {"n1"}, timeout=5)
+            verified_before = b.security.stats["verified"]  # type: ignore[union-attr]
+            for i in range(3):
+                await a.publish("secure.x", i)
+            got = [await sub.receive() for _ in range(3)]
+            assert [m.data for m in got] == [0, 1, 2] and [(await reliable.receive()).data for _ in range(3)] == [0, 1, 2]
+            assert got[0].security is not None and got[0].security.mac is not None
+            assert got[0].subject == "secure.x" and got[0].type == "phoenix.pubsub.publish"
+            assert b.security.stats["verified"] - verified_before == 3  # type: ignore[union-attr]
+            with pytest.raises(trio.WouldBlock):
+                reliable.receive_nowait()
+            await a.flush_deliveries(timeout=2)  # acknowledged: the stream positions survived verification
