@@ -449,7 +449,14 @@ class PeerProtocol:
         return self._control([Tag.ACKS, [list(a) for a in acks]])
 
     def delivered(self, at_least_once: list[tuple[str, int]], exactly_once: list[tuple[str, int]]) -> bytes:
-        return self._control([Tag.DELIVERED, [list(a) for a in at_least_once], [list(a) for a in exactly_once]])
+        """DELIVERED messages for these acknowledgements: as many as the receiver's limit
+        of :data:`MAX_LIST` entries per list requires."""
+        out = []
+        for start in range(0, max(len(at_least_once), len(exactly_once), 1), MAX_LIST):
+            alo = at_least_once[start : start + MAX_LIST]
+            eo = exactly_once[start : start + MAX_LIST]
+            out.append(self._control([Tag.DELIVERED, [list(a) for a in alo], [list(a) for a in eo]]))
+        return b"".join(out)
 
     def service(self, name: str, payload: bytes) -> bytes:
         return self._control([Tag.SERVICE, name, payload])
