@@ -19,14 +19,16 @@
   subscribes (``delay``: seconds spent per message, a slow consumer) and answers once
   the cluster knows; ``"stats"`` answers with each subscription's statistics, message
   count, publishers seen and out-of-order arrivals (events carrying ``from`` and
-  ``seq``); ``{"wait": n}`` answers once every subscription has had ``n``
-  publications consumed or dropped; ``"unsubscribe"`` ends them all.
+  ``seq``); ``{"wait": n}`` answers once every subscription (or, with ``"pattern"``,
+  those to that pattern) has had ``n`` publications consumed or dropped, with their
+  statistics; ``"unsubscribe"`` ends them all.
 - ``stage``: a pipeline stage: answers each request with its data, after appending
   its own id to ``data["path"]`` when the data is a dict with a ``path`` list.
 
 The driver also publishes on request: ``{"publish": topic, "count": n, "size": bytes}``
 publishes ``n`` events ``{"from": node, "seq": i, "pad": bytes}`` and answers with the
-time it took.
+time it took; ``{"sync": counter}`` asks a counter for its count after the driver's own
+sends to it (so they have all arrived).
 
 Each runs as a task: ``await run_agent(node, kind, agent_id)`` until cancelled.
 """
@@ -118,6 +120,10 @@ async def _drive(agent: Any, order: Any) -> Any:
         for _ in range(count):
             await agent.send(order["send"], payload)
         return {"sent": count, "seconds": time.perf_counter() - start}
+    if "sync" in order:
+        # a request after this driver's own sends on the same connection: when it is
+        # answered, everything this driver sent to the target has arrived
+        return (await agent.request(order["sync"], "count", timeout=30)).data
     if "publish" in order:
         pad = b"x" * int(order.get("size", 100))
         fanout = str(order.get("fanout", "immediate"))
@@ -211,7 +217,9 @@ async def _subscriber(agent: Any) -> None:
             elif order == "stats":
                 await message.reply([c.report() for c in subscriptions])
             elif isinstance(order, dict) and "wait" in order:
-                nursery.start_soon(_answer_when_received, message, subscriptions, int(order["wait"]), float(order.get("timeout", 60.0)))
+                pattern = order.get("pattern")
+                waited = [c for c in subscriptions if pattern is None or c.subscription.pattern == pattern]
+                nursery.start_soon(_answer_when_received, message, waited, int(order["wait"]), float(order.get("timeout", 60.0)))
             elif order == "unsubscribe":
                 for counted in subscriptions:
                     counted.subscription.unsubscribe()
@@ -222,9 +230,9 @@ async def _subscriber(agent: Any) -> None:
 
 
 async def _answer_when_received(message: Any, subscriptions: list[_Counted], target: int, timeout: float) -> None:
-    """Answer once every subscription has had ``target`` publications consumed or dropped."""
+    """Answer once these subscriptions have had ``target`` publications consumed or dropped."""
     with trio.move_on_after(timeout):
-        for counted in list(subscriptions):
+        for counted in subscriptions:
             while counted.count + counted.subscription.dropped < target:
                 await counted.changed.wait()
     await message.reply([c.report() for c in subscriptions])
