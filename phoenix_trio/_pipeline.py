@@ -798,7 +798,9 @@ class Pipeline:
             for stage in self._stages:
                 stage.mark_time = now
                 stage.mark_completed = stage.completed
-            await self._publish_safely(self.telemetry_topic, _metrics(stats), METRIC_TYPE)
+            metrics = _metrics(stats)
+            self.node.emit_telemetry("pipeline", metrics)  # the node's telemetry stream, too
+            await self._publish_safely(self.telemetry_topic, metrics, METRIC_TYPE)
 
     async def _publish_safely(self, topic: str, data: Any, type_: str) -> None:
         try:

@@ -48,7 +48,8 @@ Every subscription has a queue of ``capacity`` messages (default 1024) and one p
   each subscribing node grants each publishing node a window of publications
   (the largest capacity among its ``block`` subscriptions); every publication that
   matches a ``block`` subscription there spends one unit, and the unit comes back once
-  every ``block`` subscription it entered has handed the message to its consumer.
+  every ``block`` subscription it entered has handled it (its consumer came back for
+  the next message).
   Credit travels as a small service payload, so other traffic on the connection keeps
   flowing while a publisher waits. A ``block`` queue therefore holds at most
   ``capacity`` messages from local publishers plus one window per publishing node.
@@ -61,9 +62,11 @@ subscriber's node; rejected messages are counted as ``filtered``.
 
 Delivery: ``at_most_once`` (default) with any policy above; ``at_least_once`` means no
 drops at the subscription (its policy is ``block``; a ``drop_*`` policy is refused) and
-publications to that node travel with the ``at_least_once`` delivery guarantee through
-the node's reliable send path (``node.send``'s acknowledgements and retries, issue 6).
-Order: publications from one publisher reach a subscriber in publish order.
+publications to that node travel on the node's reliable transport (issue 6): tracked
+per (node, topic) stream, acknowledged by the receiving node once every ``block`` queue
+the publication entered has handled it, resent after the delivery timeout. Duplicates
+are possible. Order: publications from one publisher reach a subscriber in publish
+order (retransmissions aside). ``docs/patterns.md`` has the whole story.
 """
 
 from __future__ import annotations
