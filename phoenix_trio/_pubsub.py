@@ -114,6 +114,7 @@ DEFAULT_CAPACITY = 1024
 YIELD_EVERY = 64
 SEND_YIELD_EVERY = 128
 MAX_CACHE = 10_000
+MAX_PEER_PATTERNS = 100_000  # interest entries one peer may hold here
 
 # interest payloads on the service
 _FULL, _ADD, _DEL, _GRANT, _ACK = 1, 2, 3, 4, 5
@@ -1091,6 +1092,8 @@ class PubSub:
         if tag == _FULL and len(message) == 4:
             _, version, entries, window = message
             new: set[tuple[str, int]] = set()
+            if type(entries) is not list or len(entries) > MAX_PEER_PATTERNS:
+                raise ValueError(f"FULL must list at most {MAX_PEER_PATTERNS} patterns")
             for entry in entries:
                 pattern, flags = entry
                 validate_pattern(pattern)
@@ -1108,6 +1111,8 @@ class PubSub:
             validate_pattern(pattern)
             key = (pattern, _flags(flags))
             if key not in peer.interest:
+                if len(peer.interest) >= MAX_PEER_PATTERNS:
+                    raise ValueError(f"peer {peer_id} exceeds {MAX_PEER_PATTERNS} patterns")
                 peer.interest.add(key)
                 self._remote.add(pattern, (peer_id, key[1]))
             self._send(peer_id, [_ACK, _count(version)])
