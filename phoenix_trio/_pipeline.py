@@ -542,8 +542,14 @@ class Pipeline:
                 stage.drained.unpark_all()
 
     async def _serve_remote(self, agent: Agent) -> None:
-        """``send_to_pipeline`` from other nodes arrives as messages to the pipeline's agent."""
+        """``send_to_pipeline`` from other nodes arrives as messages to the pipeline's agent.
+
+        A full input buffer makes this wait (then the agent's inbox fills and the remote
+        sender waits in turn) whatever the strategy, except ``drop``, which drops.
+        """
         async for message in agent:
+            while len(self._input) >= self.buffer_size and self.backpressure != "drop" and self.state == "running":
+                await self._space.park()
             try:
                 await self.send(message.data, wait=True)
             except (Backpressure, PipelineStopped) as exc:
@@ -987,17 +993,21 @@ async def create_pipeline(
     return pipeline
 
 
-async def send_to_pipeline(node: Node, pipeline_id: str, message: Any, *, wait: bool = True) -> int | None:
+async def send_to_pipeline(
+    node: Node, pipeline_id: str, message: Any, *, wait: bool = True, delivery: str = "at_most_once"
+) -> int | None:
     """Feed ``message`` into pipeline ``pipeline_id``: directly if it runs on ``node``,
     else as a ``phoenix.pipeline.process`` message to its coordinator's agent
-    (``pipeline/<id>``) on whichever node runs it (returns None then)."""
+    (``pipeline/<id>``) on whichever node runs it (returns None then). ``delivery`` is
+    that message's guarantee: ``at_least_once`` survives lost connections but may feed
+    a message twice if the pipeline stays full past the delivery timeout."""
     pipeline = node._pipelines.get(pipeline_id)
     if pipeline is not None:
         return await pipeline.send(message, wait=wait)
     if isinstance(message, Message):
         message = message.data
     try:
-        await node.send(f"pipeline/{pipeline_id}", message, type=PIPELINE_TYPE, wait=wait)
+        await node.send(f"pipeline/{pipeline_id}", message, type=PIPELINE_TYPE, wait=wait, delivery=delivery)
     except AgentNotFound:
         raise PipelineError(f"no pipeline {pipeline_id!r} in the cluster") from None
     return None

@@ -72,7 +72,6 @@ order (retransmissions aside). ``docs/patterns.md`` has the whole story.
 from __future__ import annotations
 
 import logging
-import math
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -483,7 +482,6 @@ class PubSub:
         self._batches: dict[str, tuple[float, list[tuple[Any, ...]]]] = {}
         self._service: Service | None = None
         self._sends_since_yield = 0
-        self._running = False
         self.published = 0
         self.delivered_local = 0
         self.sent_remote = 0
@@ -500,7 +498,6 @@ class PubSub:
         try:
             async with self.node.service(SERVICE_NAME, capacity=4096) as service:
                 self._service = service
-                self._running = True
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._receive_loop, service)
                     nursery.start_soon(self._watch_loop)
@@ -508,7 +505,6 @@ class PubSub:
                     nursery.start_soon(self._grant_loop)
                     task_status.started()
         finally:
-            self._running = False
             self._service = None
             for subscription in list(self._subscriptions.values()):
                 subscription._close()

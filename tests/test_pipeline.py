@@ -408,3 +408,25 @@ async def test_output_to_an_agent_and_closing() -> None:
                 await pipeline.send(1)
             assert pipeline.id not in node._pipelines
         nursery.cancel_scope.cancel()
+
+
+async def test_a_remote_sender_waits_for_a_full_buffer_instead_of_losing_messages() -> None:
+    gate = trio.Event()
+    async with cluster(2) as (a, b), trio.open_nursery() as nursery:
+
+        async def gated(data: int) -> int:
+            await gate.wait()
+            return data
+
+        await nursery.start(lambda task_status: worker(a, "gated", gated, task_status=task_status))
+        pipeline = await a.create_pipeline(["gated"], window=2, buffer_size=2, monitoring=False)  # backpressure="buffer"
+        await b.wait_for_agent(pipeline.agent_id, timeout=5)
+        for i in range(20):  # far more than window + buffer: they wait in the pipeline agent's inbox
+            await b.send_to_pipeline(pipeline.id, i)
+        await trio.testing.wait_all_tasks_blocked()
+        stats = pipeline.statistics()
+        assert (stats.inside, stats.input_queued, stats.rejected) == (2, 2, 0)
+        gate.set()
+        assert [(await pipeline.receive()).data for _ in range(20)] == list(range(20))
+        await pipeline.aclose()
+        nursery.cancel_scope.cancel()
