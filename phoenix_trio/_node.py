@@ -397,6 +397,16 @@ class Agent:
         options.setdefault("source", self.uri)
         return await self.node.request(target, data, **options)
 
+    async def publish(self, topic: str, event: Any = None, **options: Any) -> None:
+        """:meth:`Node.publish` with this agent as the source."""
+        options.setdefault("source", self.uri)
+        await self.node.publish(topic, event, **options)
+
+    def subscribe(self, topic_pattern: str, **options: Any) -> AbstractAsyncContextManager[Subscription]:
+        """:meth:`Node.subscribe` for this agent (the design's ``subscribe(agent, pattern)``)."""
+        options.setdefault("subscriber", self.id)
+        return self.node.subscribe(topic_pattern, **options)
+
     def statistics(self) -> Any:
         return self.inbox.statistics()
 
