@@ -368,3 +368,14 @@ async def test_publications_are_secured_like_any_message_between_nodes() -> None
             with pytest.raises(trio.WouldBlock):
                 reliable.receive_nowait()
             await a.flush_deliveries(timeout=2)  # acknowledged: the stream positions survived verification
+
+
+async def test_agents_publish_and_subscribe_as_themselves() -> None:
+    async with cluster(2) as (a, b):
+        async with a.agent("reporter") as reporter, b.agent("reader") as reader:
+            async with reader.subscribe("news.*") as sub:
+                await sub.wait_propagated(5)
+                await reporter.publish("news.today", "hello")
+                message = await sub.receive()
+            assert message.source == "phoenix://n0/reporter" and sub.subscriber == "reader"
+            assert b.unsubscribe("news.*", subscriber="reader") == 0  # already gone with the block
