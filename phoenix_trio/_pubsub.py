@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from itertools import repeat
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -265,6 +266,8 @@ class Subscription:
     def _put_blocking_nowait(self, message: Message, token: _Token, *, force: bool) -> bool:
         """block policy: queue if there is room (or ``force``: credit was spent on it)."""
         if self._closed:
+            if token.__class__ is str:
+                self._pubsub._credit_returned(token)  # type: ignore[arg-type]
             return True
         queue = self._queue
         if not force and len(queue) >= self.capacity:
@@ -279,6 +282,21 @@ class Subscription:
         if self._consumers:
             self._consumers.unpark_all()
         return True
+
+    def _put_credited_many(self, messages: list[Message], peer_id: str) -> None:
+        """block policy: publications that each spent a unit of ``peer_id``'s credit."""
+        if self._closed:
+            for _ in messages:  # nobody will handle them: the credit goes back now
+                self._pubsub._credit_returned(peer_id)
+            return
+        queue = self._queue
+        queue.extend(messages)
+        self._tokens.extend(repeat(peer_id, len(messages)))  # type: ignore[union-attr]
+        self.received += len(messages)
+        if len(queue) > self.high_water:
+            self.high_water = len(queue)
+        if self._consumers:
+            self._consumers.unpark_all()
 
     async def _put_blocking(self, message: Message, *, wait: bool) -> None:
         """A local publisher waits for room (block policy)."""
@@ -305,7 +323,15 @@ class Subscription:
         token = self._handling
         if token is not None:
             self._handling = None
-            _release(self._pubsub, token)
+            if token.__class__ is str:  # one unit of credit (inline: once per message)
+                pubsub = self._pubsub
+                returned = pubsub._returned
+                if token in returned:
+                    returned[token] += 1  # type: ignore[index]
+                    if token not in pubsub._grant_dirty:
+                        pubsub._credit_returned_first(token)  # type: ignore[arg-type]
+            else:
+                _release(self._pubsub, token)
 
     def receive_nowait(self) -> Message:
         """The next message, or ``trio.WouldBlock`` (``trio.EndOfChannel`` once closed)."""
@@ -879,6 +905,8 @@ class PubSub:
         blocked: list[tuple[Subscription, Message, _Token, bool]] = []
         stuck: set[Subscription] = set()  # block queues that refused one: later ones wait behind it
         held: list[_Hold] = []
+        block_run: list[Message] = []  # credited publications for one block queue, in order
+        block_sub: Subscription | None = None
         for message, flags, dseq in items:
             topic = message.subject
             if topic != last_topic:
@@ -906,11 +934,24 @@ class PubSub:
             if dseq is None and len(special) == 1 and special[0].filter is None:
                 # the common case, one block queue: the token is the publisher's node id
                 subscription = special[0]
+                if credited and subscription not in stuck:
+                    if block_run and block_sub is not subscription:
+                        block_sub._put_credited_many(block_run, peer_id)  # type: ignore[union-attr]
+                        block_run = []
+                    block_sub = subscription
+                    block_run.append(message)  # it spent credit: the queue takes it, in a batch
+                    continue
+                if block_run:
+                    block_sub._put_credited_many(block_run, peer_id)  # type: ignore[union-attr]
+                    block_run = []
                 token_id = peer_id if credited else None
                 if subscription in stuck or not subscription._put_blocking_nowait(message, token_id, force=credited):
                     stuck.add(subscription)
                     blocked.append((subscription, message, token_id, credited))
                 continue
+            if block_run:
+                block_sub._put_credited_many(block_run, peer_id)  # type: ignore[union-attr]
+                block_run = []
             # Otherwise the publication holds a _Hold: one count per block queue it enters,
             # plus one held here until it has entered them all.
             hold = _Hold(peer_id, credited, topic, dseq) if credited or dseq is not None else None
@@ -933,6 +974,8 @@ class PubSub:
         if run:
             for subscription in plain:
                 subscription._put_many(run)
+        if block_run:
+            block_sub._put_credited_many(block_run, peer_id)  # type: ignore[union-attr]
         if blocked:
             await self._wait_for_room(peer_id, blocked, held)
 
@@ -975,11 +1018,14 @@ class PubSub:
         returned = self._returned
         if peer_id in returned:  # peers we sent our full state to (and still know)
             returned[peer_id] += 1
-            dirty = self._grant_dirty
-            if peer_id not in dirty:
-                dirty.add(peer_id)
-                if self._grant_lot:
-                    self._grant_lot.unpark_all()
+            if peer_id not in self._grant_dirty:
+                self._credit_returned_first(peer_id)
+
+    def _credit_returned_first(self, peer_id: str) -> None:
+        """``peer_id`` has credit coming back and no GRANT scheduled yet."""
+        self._grant_dirty.add(peer_id)
+        if self._grant_lot:
+            self._grant_lot.unpark_all()
 
     def _acknowledge(self, peer_id: str, topic: str, dseq: int) -> None:
         """A reliable publication from ``peer_id`` is handled here: tell its publisher."""
