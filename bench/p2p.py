@@ -7,7 +7,8 @@ Sender and receiver run in separate processes on loopback. Ends with ``RESULT {j
 - ``p2p_msgs_per_s``: 100-byte payloads through ``node.send`` (full envelope), counted
   from the first send until the receiving agent has taken the last one from its inbox;
   ``p2p_vs_zmq``: the ratio to pyzmq PUSH/PULL (tcp, 100 bytes) measured the same way in
-  the same run.
+  the same run. Both are at-most-once (PUSH/PULL acknowledges nothing), so the sends pass
+  ``delivery="at_most_once"``; bench/delivery.py measures the other guarantees.
 - ``reqrep_p50_us`` / ``reqrep_p99_us``: ``node.request`` round trips to an echo agent;
   ``reqrep_vs_zmq``: our p50 over pyzmq REQ/REP's p50 in the same run (lower is better).
 """
@@ -56,7 +57,7 @@ def _receiver(address_queue: mp.Queue, count: int) -> None:
                             if received == count:
                                 break
                         rounds += 1
-                        await node.send(message.source.rsplit("/", 1)[-1], "done")
+                        await node.send(message.source.rsplit("/", 1)[-1], "done", delivery="at_most_once")
 
     trio.run(main)
 
@@ -72,10 +73,10 @@ def _sender(address, count: int, requests: int, out: mp.Queue) -> None:
             async with node.agent("bench") as me:
                 best = 0.0
                 for _ in range(3):
-                    await me.send("sink", b"start")
+                    await me.send("sink", b"start", delivery="at_most_once")
                     start = time.perf_counter()
                     for _ in range(count):
-                        await me.send("sink", PAYLOAD)
+                        await me.send("sink", PAYLOAD, delivery="at_most_once")
                     reply = await me.receive()
                     assert reply.data == "done"
                     best = max(best, count / (time.perf_counter() - start))

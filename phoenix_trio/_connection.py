@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 256 * 1024
-MAX_CONTROL_BYTES = 16 * 1024 * 1024  # service traffic buffered per peer before senders wait
+MAX_CONTROL_BYTES = 16 * 1024 * 1024
+DIRECT_WRITE_TIMEOUT = 2.0  # seconds a direct (unqueued) write may take before the connection is cut  # service traffic buffered per peer before senders wait
 
 
 class Connection:
@@ -55,12 +56,13 @@ class Connection:
         self._control_bytes = 0
         self._control_lot = trio.lowlevel.ParkingLot()
         # Acknowledgements for reliable messages from the peer, sent with the next write.
-        self._alo_acks: list[tuple[str, int]] = []
+        self._alo_acks: list[list[Any]] = []  # [agent, first dseq, last dseq] ranges
         self._eo_acks: dict[tuple[str, int], int] = {}  # (agent, epoch) -> highest dseq
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._space_lot = trio.lowlevel.ParkingLot()
         self._drain_lot = trio.lowlevel.ParkingLot()
         self._writing = False
+        self._send_lock = trio.StrictFIFOLock()  # one send_all at a time: the writer's or a direct one
         self._cancel_scope: trio.CancelScope | None = None
         self._early_events: list[object] = []
         self.handshake_done = trio.Event()
@@ -173,7 +175,8 @@ class Connection:
                 with trio.move_on_after(interval):
                     await self._writer_lot.park()
                 if not self._pending and not self._control and not self._alo_acks and not self._eo_acks:
-                    await stream.send_all(protocol.heartbeat())
+                    async with self._send_lock:
+                        await stream.send_all(protocol.heartbeat())
                     self.frames_written += 1
                     continue
             if self._alo_acks or self._eo_acks:
@@ -197,13 +200,53 @@ class Connection:
             data = b"".join(chunks)
             self.bytes_written += len(data)
             self.frames_written += len(chunks)
-            self._writing = True
-            try:
-                await stream.send_all(data)
-            finally:
-                self._writing = False
+            async with self._send_lock:
+                self._writing = True
+                try:
+                    await stream.send_all(data)
+                finally:
+                    self._writing = False
             if self._drain_lot and not self._pending and not self._control:
                 self._drain_lot.unpark_all()
+
+    async def send_now(self, entry: tuple[Any, ...]) -> bool:
+        """Write one entry from the caller's task when nothing else is waiting to go.
+
+        Saves the hand-off to the writer task (two scheduler passes per round trip), which
+        is what request-response latency is made of. False when the fast path is not
+        available (the caller then queues as usual). The write is shielded from
+        cancellation (a half-written frame would break the stream) and bounded: a peer
+        that does not take a small frame within DIRECT_WRITE_TIMEOUT is cut off.
+        """
+        if (
+            self.closed
+            or self._cancel_scope is None
+            or self._pending
+            or self._control
+            or self._alo_acks
+            or self._eo_acks
+            or self._send_lock.locked()
+        ):
+            return False
+        data = self._encode([entry])
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + DIRECT_WRITE_TIMEOUT
+            async with self._send_lock:
+                self._writing = True
+                try:
+                    await self.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    self.close(f"write failed: {exc!r}")
+                    raise NodeUnreachable(self.peer_id, "connection lost") from exc
+                finally:
+                    self._writing = False
+        if scope.cancelled_caught:
+            self.close("peer stopped reading")
+            raise NodeUnreachable(self.peer_id, "peer stopped reading")
+        self.messages_sent += 1
+        self.frames_written += 1
+        self.bytes_written += len(data)
+        return True
 
     def _encode(self, entries: list[tuple[Any, ...]]) -> bytes:
         stamper = self.node._stamp
@@ -256,7 +299,24 @@ class Connection:
             if dseq > self._eo_acks.get(key, 0):
                 self._eo_acks[key] = dseq
         else:
-            self._alo_acks.append((agent, dseq))
+            acks = self._alo_acks
+            if acks and acks[-1][2] + 1 == dseq and acks[-1][0] == agent:
+                acks[-1][2] = dseq  # consecutive: extend the range
+            else:
+                acks.append([agent, dseq, dseq])
+        if self._writer_lot:
+            self._writer_lot.unpark_all()
+
+    def acknowledge_ranges(self, ranges: list[list[Any]]) -> None:
+        """Queue at-least-once acknowledgements, already as [agent, first, last] ranges."""
+        if self.closed:
+            return
+        acks = self._alo_acks
+        for entry in ranges:
+            if acks and acks[-1][2] + 1 == entry[1] and acks[-1][0] == entry[0]:
+                acks[-1][2] = entry[2]
+            else:
+                acks.append(entry)
         if self._writer_lot:
             self._writer_lot.unpark_all()
 

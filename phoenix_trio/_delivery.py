@@ -137,6 +137,17 @@ class DeliveryTracker:
         stream = self._streams.get((node, agent, mode))
         return stream is None or len(stream.outstanding) < self.window
 
+    def stream(self, node: str, agent: str, mode: int) -> _SenderStream:
+        """The stream to ``agent`` on ``node``; the hot path takes its next position with ``push``."""
+        return self._stream(node, agent, mode)
+
+    def push(self, stream: _SenderStream, item: Outstanding, now: float) -> None:
+        """Track ``item`` (its ``seq`` taken from ``stream.next_seq`` by the caller)."""
+        item.deadline = now + item.policy.timeout
+        stream.outstanding[item.seq] = item
+        stream.timeline.append(item)
+        self.outstanding += 1
+
     def reserve(self, node: str, agent: str, mode: int) -> tuple[int, int]:
         """(epoch, seq) for the next message of this stream."""
         stream = self._stream(node, agent, mode)
@@ -174,6 +185,16 @@ class DeliveryTracker:
             item = stream.outstanding.pop(seq, None)
             if item is not None:
                 done.append(item)
+        self.outstanding -= len(done)
+        return done
+
+    def acked_range(self, node: str, agent: str, epoch: int, first: int, last: int) -> list[Outstanding]:
+        """Settle at-least-once messages ``first..last`` (inclusive) of one stream."""
+        stream = self._streams.get((node, agent, ALO))
+        if stream is None or stream.epoch != epoch:
+            return []
+        pop = stream.outstanding.pop
+        done = [item for item in (pop(seq, None) for seq in range(first, last + 1)) if item is not None]
         self.outstanding -= len(done)
         return done
 

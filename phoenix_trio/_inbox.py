@@ -71,6 +71,8 @@ class Inbox:
         # record it now) or handled (at-least-once: the consumer came back for more).
         self._hooks: dict[int, tuple[int, Any]] = {}
         self._after: list[Any] = []
+        self.on_taken: Any = None  # set by the node: called with (message, info) for TAKEN hooks
+        self.on_handled: Any = None  # set by the node: called with [info, ...] for HANDLED hooks
 
     # -- producer side (the node) --------------------------------------------------------
 
@@ -81,14 +83,14 @@ class Inbox:
     def space(self) -> int:
         return self.capacity - len(self._queue)
 
-    def track(self, message: Message, kind: int, hook: Any) -> None:
-        """Call ``hook()`` when ``message`` is taken (kind TAKEN) or handled (kind HANDLED)."""
-        self._hooks[id(message)] = (kind, hook)
+    def track(self, message: Message, kind: int, info: Any) -> None:
+        """Report ``info`` when ``message`` is taken (kind TAKEN: ``on_taken(message, info)``)
+        or handled (kind HANDLED: ``on_handled([info, ...])`` once the consumer comes back)."""
+        self._hooks[id(message)] = (kind, info)
 
     def _flush_after(self) -> None:
         after, self._after = self._after, []
-        for hook in after:
-            hook()
+        self.on_handled(after)
 
     def put_nowait_many(self, messages: list[Message]) -> int:
         """Queue as many of ``messages`` as fit; returns how many were taken."""
@@ -171,7 +173,7 @@ class Inbox:
             hook = self._hooks.pop(id(message), None)
             if hook is not None:
                 if hook[0] == TAKEN:
-                    hook[1]()
+                    self.on_taken(message, hook[1])
                 else:
                     self._after.append(hook[1])
         if self._producers and len(self._queue) <= self.capacity // 2:

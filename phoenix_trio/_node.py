@@ -55,7 +55,7 @@ from ._ids import IdBlock, new_id
 from ._ids import reserve as reserve_ids
 from ._dedup_log import DedupLog
 from ._delivery import ACCEPT as STREAM_ACCEPT
-from ._delivery import ALO, EO, SEQ_MASK, DeliveryTracker, ExactlyOnceStreams, Failed, Outstanding, Resend, pack_dseq, unpack_dseq
+from ._delivery import ALO, EO, SEQ_BITS, SEQ_MASK, DeliveryTracker, ExactlyOnceStreams, Failed, Outstanding, Resend, pack_dseq, unpack_dseq
 from ._delivery import DUPLICATE_QUEUED as STREAM_DUPLICATE_QUEUED
 from ._delivery import DUPLICATE_TAKEN as STREAM_DUPLICATE_TAKEN
 from ._flow import BACKPRESSURE as FLOW_BACKPRESSURE
@@ -471,6 +471,7 @@ class Node:
 
     async def _start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
+        self._clock = trio.lowlevel.current_clock()  # trio's clock (MockClock in tests), without the lookup per call
         if self._listen is not None:
             listeners = await nursery.start(partial(trio.serve_tcp, self._accept, self._listen[1], host=self._listen[0]))
             sockname = listeners[0].socket.getsockname()
@@ -520,10 +521,8 @@ class Node:
         for item in self._tracker.all_outstanding():
             if item.receipt is not None:
                 item.receipt.fail(DeliveryFailed(item.agent, item.attempts, "local node closed"))
-        if self._dedup_log is not None:
-            self._dedup_log.close()
         if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
+            self._nursery.cancel_scope.cancel()  # _sync_loop closes the exactly-once state
 
     # -- agents -------------------------------------------------------------------------
 
@@ -545,6 +544,8 @@ class Node:
                 raise ConfigurationError("an agent's security context needs a node opened with security=")
             self.security.add_agent(agent_id, security)
         inbox = Inbox(agent_id, capacity or self.config.inbox_capacity)
+        inbox.on_taken = self._eo_taken
+        inbox.on_handled = self._alo_handled
         self._inboxes[agent_id] = inbox
         self.directory.add_local(agent_id, group)
         self._broadcast_agents([AgentUpdate(agent_id, group, True)])
@@ -893,6 +894,8 @@ class Node:
         entry = (template, data, agent_id, _current_trace.get(), correlation_id, flags)
         if self.security is not None:
             entry = self.security.outgoing(entry)
+        if flags & FLAG_REQUEST and await connection.send_now(entry):
+            return  # a request waits for its reply anyway: write it now, no hand-off
         if not connection.try_enqueue(entry):
             await connection.enqueue(entry, wait=wait)
         await self._after_send()
@@ -911,13 +914,20 @@ class Node:
         """At-least-once / exactly-once: track the message until the receiver acknowledges it."""
         mode = ALO if template.mode == FLAG_ALO else EO
         tracker = self._tracker
-        while not tracker.has_room(node, agent_id, mode):
+        stream = tracker.stream(node, agent_id, mode)
+        while len(stream.outstanding) >= tracker.window:
             if not wait:
                 raise Backpressure(agent_id, f"{tracker.window} reliable messages already outstanding")
             await self._tracker_room.park()
-        epoch, seq = tracker.reserve(node, agent_id, mode)
-        entry = (template, data, agent_id, _current_trace.get(), correlation_id, flags | template.mode, self._ids.next(), pack_dseq(epoch, seq))
-        self._track(Outstanding(node, agent_id, epoch, seq, mode, entry, template.policy, receipt=receipt))
+        seq = stream.next_seq
+        stream.next_seq = seq + 1
+        epoch = stream.epoch
+        entry = (template, data, agent_id, _current_trace.get(), correlation_id, flags | template.mode, self._ids.next(), (epoch << SEQ_BITS) | seq)
+        item = Outstanding(node, agent_id, epoch, seq, mode, entry, template.policy, receipt)
+        tracker.push(stream, item, self._clock.current_time())
+        if item.deadline < self._retransmit_deadline:
+            self._retransmit_deadline = item.deadline
+            self._retransmit_wakeup.unpark_all()
         connection = self._connections.get(node)
         if connection is not None and not connection.closed:
             if self.security is not None:
@@ -1085,7 +1095,8 @@ class Node:
                 entry = (template, data, request.source, _current_trace.get(), request.correlation_id, FLAG_REPLY)
                 if self.security is not None:
                     entry = self.security.outgoing(entry)
-                await connection.enqueue(entry)
+                if not await connection.send_now(entry):  # the requester is waiting: no hand-off
+                    await connection.enqueue(entry)
 
             self._responders[node_id] = responder
         return responder
@@ -1333,12 +1344,15 @@ class Node:
     def _on_delivered(self, connection: Connection, event: Delivered) -> None:
         peer = connection.peer_id
         tracker = self._tracker
-        for mode, acks in ((ALO, event.at_least_once), (EO, event.exactly_once)):
-            for agent, dseq in acks:
-                epoch, seq = unpack_dseq(dseq)
-                for item in tracker.acked(peer, agent, mode, epoch, seq):
-                    if item.receipt is not None:
-                        item.receipt.succeed()
+        for agent, first, last in event.at_least_once:
+            for item in tracker.acked_range(peer, agent, first >> SEQ_BITS, first & SEQ_MASK, last & SEQ_MASK):
+                if item.receipt is not None:
+                    item.receipt.succeed()
+        for agent, dseq in event.exactly_once:
+            epoch, seq = unpack_dseq(dseq)
+            for item in tracker.acked(peer, agent, EO, epoch, seq):
+                if item.receipt is not None:
+                    item.receipt.succeed()
         if self._tracker_room:
             self._tracker_room.unpark_all()
 
@@ -1347,6 +1361,12 @@ class Node:
         log_ = self._dedup_log
         assert log_ is not None
         interval = self.config.fsync_interval
+        try:
+            await self._sync_forever(log_, interval)
+        finally:
+            log_.close()  # after any sync running in a worker thread has returned
+
+    async def _sync_forever(self, log_: DedupLog, interval: float) -> None:
         while True:
             await trio.sleep(interval)
             if log_.dirty and log_.fsync_policy != "never":
@@ -1355,8 +1375,9 @@ class Node:
                 for connection, agent, dseq in waiting:
                     connection.acknowledge(True, agent, dseq)
             self._eo_streams.expire(trio.current_time())
-            if log_.needs_compaction():
-                log_.compact(self._eo_streams.snapshot())
+            live = self._eo_streams.snapshot()
+            if log_.needs_compaction(len(live)):
+                log_.compact(live)
 
     # -- connections ------------------------------------------------------------------------
 
@@ -1591,7 +1612,7 @@ class Node:
             key = (connection.peer.node_id, connection.peer.incarnation, agent, epoch)
             verdict = self._eo_streams.offer(key, seq, trio.current_time())
             if verdict == STREAM_ACCEPT:
-                inbox.track(message, TAKEN, partial(self._eo_taken, connection.peer.node_id, key, agent, dseq))
+                inbox.track(message, TAKEN, (connection.peer.node_id, key, agent, dseq))
                 return True
             if verdict == STREAM_DUPLICATE_TAKEN:
                 self.stats["duplicates_dropped"] += 1
@@ -1602,16 +1623,30 @@ class Node:
             else:
                 self.stats["out_of_order_dropped"] += 1
             return False
-        inbox.track(message, HANDLED, partial(self._alo_handled, connection.peer.node_id, agent, dseq))
+        inbox.track(message, HANDLED, (connection.peer.node_id, agent, dseq))
         return True
 
-    def _alo_handled(self, peer: str, agent: str, dseq: int) -> None:
-        connection = self._connections.get(peer)
-        if connection is not None:
-            connection.acknowledge(False, agent, dseq)
+    def _alo_handled(self, infos: list[tuple[str, str, int]]) -> None:
+        """At-least-once messages an agent has handled: acknowledge them, as ranges where consecutive."""
+        ranges: dict[str, list[list[Any]]] = {}
+        last_peer = None
+        current: list[list[Any]] = []
+        for peer, agent, dseq in infos:
+            if peer != last_peer:
+                current = ranges.setdefault(peer, [])
+                last_peer = peer
+            if current and current[-1][2] + 1 == dseq and current[-1][0] == agent:
+                current[-1][2] = dseq
+            else:
+                current.append([agent, dseq, dseq])
+        for peer, peer_ranges in ranges.items():
+            connection = self._connections.get(peer)
+            if connection is not None:
+                connection.acknowledge_ranges(peer_ranges)
 
-    def _eo_taken(self, peer: str, key: tuple[str, int, str, int], agent: str, dseq: int) -> None:
+    def _eo_taken(self, message: Message, info: tuple[str, tuple[str, int, str, int], str, int]) -> None:
         """An exactly-once message is being handed to its agent: record it first, then acknowledge."""
+        peer, key, agent, dseq = info
         seq = dseq & SEQ_MASK
         watermark = self._eo_streams.taken(key, seq, trio.current_time())
         if self._dedup_log is not None:

@@ -200,9 +200,10 @@ class DataBatch:
 
 @attrs.frozen(slots=True)
 class Delivered:
-    """Acknowledgements for reliable messages: (agent, dseq) each; exactly-once ones cumulative."""
+    """Acknowledgements for reliable messages: at-least-once ones as (agent, first, last)
+    ranges of consecutive stream positions; exactly-once ones cumulative (agent, dseq)."""
 
-    at_least_once: list[tuple[str, int]]
+    at_least_once: list[tuple[str, int, int]]
     exactly_once: list[tuple[str, int]]
 
 
@@ -448,14 +449,17 @@ class PeerProtocol:
     def acks(self, acks: list[tuple[str, str]]) -> bytes:
         return self._control([Tag.ACKS, [list(a) for a in acks]])
 
-    def delivered(self, at_least_once: list[tuple[str, int]], exactly_once: list[tuple[str, int]]) -> bytes:
-        """DELIVERED messages for these acknowledgements: as many as the receiver's limit
-        of :data:`MAX_LIST` entries per list requires."""
+    def delivered(self, at_least_once: list[list[Any]], exactly_once: list[tuple[str, int]]) -> bytes:
+        """DELIVERED messages for these acknowledgements (``[agent, first, last]`` ranges and
+        ``(agent, position)`` pairs): as many as the receiver's limit of :data:`MAX_LIST`
+        entries per list requires."""
+        if len(at_least_once) <= MAX_LIST and len(exactly_once) <= MAX_LIST:
+            return self._control([Tag.DELIVERED, at_least_once, [list(a) for a in exactly_once]])
         out = []
-        for start in range(0, max(len(at_least_once), len(exactly_once), 1), MAX_LIST):
+        for start in range(0, max(len(at_least_once), len(exactly_once)), MAX_LIST):
             alo = at_least_once[start : start + MAX_LIST]
             eo = exactly_once[start : start + MAX_LIST]
-            out.append(self._control([Tag.DELIVERED, [list(a) for a in alo], [list(a) for a in eo]]))
+            out.append(self._control([Tag.DELIVERED, alo, [list(a) for a in eo]]))
         return b"".join(out)
 
     def service(self, name: str, payload: bytes) -> bytes:
@@ -621,15 +625,21 @@ class PeerProtocol:
                 updates.append(AgentUpdate(_str(entry[0], "agent id", limit=256), _str(entry[1], "group", limit=256, optional=True), entry[2]))
             return Agents(message[1], updates)
         if tag == Tag.DELIVERED and len(message) == 3:
-            lists = []
-            for entries in message[1:]:
-                acks = []
-                for entry in _list(entries, "acknowledgements"):
-                    if type(entry) is not list or len(entry) != 2:
-                        raise _fail("acknowledgement must be [agent_id, position]")
-                    acks.append((_str(entry[0], "agent id", limit=256), _int(entry[1], "position", 1, 2**63 - 1)))
-                lists.append(acks)
-            return Delivered(lists[0], lists[1])
+            ranges = []
+            for entry in _list(message[1], "acknowledgements"):
+                if type(entry) is not list or len(entry) != 3:
+                    raise _fail("at-least-once acknowledgement must be [agent_id, first, last]")
+                first = _int(entry[1], "position", 1, 2**63 - 1)
+                last = _int(entry[2], "position", first, min(2**63 - 1, first + 1_000_000))
+                if first >> 40 != last >> 40:
+                    raise _fail("an acknowledged range cannot span epochs")
+                ranges.append((_str(entry[0], "agent id", limit=256), first, last))
+            cumulative = []
+            for entry in _list(message[2], "acknowledgements"):
+                if type(entry) is not list or len(entry) != 2:
+                    raise _fail("exactly-once acknowledgement must be [agent_id, position]")
+                cumulative.append((_str(entry[0], "agent id", limit=256), _int(entry[1], "position", 1, 2**63 - 1)))
+            return Delivered(ranges, cumulative)
         if tag == Tag.SERVICE and len(message) == 3:
             if type(message[2]) is not bytes:
                 raise _fail("service payload must be bytes")

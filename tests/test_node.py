@@ -272,3 +272,26 @@ async def test_transport_interface_send_and_broadcast_with_acks() -> None:
             assert result.complete and result.delivered == {"there", "here"}
             got = [await there.receive(), await here.receive()]
             assert all(g.data == {"x": 1} and g.type == "phoenix.agent.event.publish" for g in got)
+
+
+async def test_circuit_breaker_opens_on_timeouts_and_short_circuits() -> None:
+    from phoenix_trio._breaker import BreakerConfig
+
+    config = BreakerConfig(minimum_calls=3, failure_rate_threshold=0.5, reset_timeout=0.3)
+    async with cluster(2, breaker=config) as (a, b):
+        async with b.agent("mute") as mute, trio.open_nursery() as nursery:
+            await a.wait_for_agent("mute", timeout=5)
+            for _ in range(3):
+                with pytest.raises(RequestTimeout):
+                    await a.request("mute", "anyone?", timeout=0.05)
+            assert a.breaker_state("mute") == "open"
+            with pytest.raises(px.CircuitOpen) as caught:
+                await a.send("mute", "short-circuited")
+            assert 0 < caught.value.retry_after <= 0.3
+            # After the reset timeout one probe goes through; a success closes it again.
+            nursery.start_soon(echo, mute)
+            await trio.sleep(0.3)  # the breaker's reset timeout: the scenario, not a wait for a condition
+            reply = await a.request("mute", "probe", timeout=5)
+            assert reply.data["echo"] == "probe"
+            assert a.breaker_state("mute") == "closed"
+            nursery.cancel_scope.cancel()

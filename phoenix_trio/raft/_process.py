@@ -56,15 +56,27 @@ class RaftProcess(NodeProcess):
             cmd += ["--tob", name]
         return cmd + self.extra
 
-    async def wait_for_role(self, role: str, *, min_term: int = 0, timeout: float = 10.0) -> dict[str, Any]:
-        """The first ``raft_role`` event with ``role`` in a term >= ``min_term`` (waiting if needed)."""
+    async def wait_for_role(
+        self, role: str, *, min_term: int = 0, timeout: float = 10.0, with_leader: bool = False
+    ) -> dict[str, Any]:
+        """The first ``raft_role`` event with ``role`` in a term >= ``min_term`` (waiting if needed);
+        with ``with_leader``, only one that names a known leader."""
         assert self._lines is not None
+
+        def matches(event: dict[str, Any]) -> bool:
+            return (
+                event.get("event") == "raft_role"
+                and event.get("role") == role
+                and event.get("term", 0) >= min_term
+                and (not with_leader or event.get("leader") is not None)
+            )
+
         for event in self.events:
-            if event.get("event") == "raft_role" and event.get("role") == role and event.get("term", 0) >= min_term:
+            if matches(event):
                 return event
         with trio.fail_after(timeout):
             async for event in self._lines:
-                if event.get("event") == "raft_role" and event.get("role") == role and event.get("term", 0) >= min_term:
+                if matches(event):
                     return event
         raise RuntimeError(f"{self.name} exited before becoming {role}")
 

@@ -201,7 +201,7 @@ async def test_partitioned_leader_steps_down_and_catches_up_after_healing(tmp_pa
             net.heal(old)
             # the old leader rejoins as a follower of the new leader (pre-vote kept it from
             # raising its term while cut off, so it does not disrupt the new leader)...
-            event = await procs[old].wait_for_role("follower", min_term=new["term"], timeout=30)
+            event = await procs[old].wait_for_role("follower", min_term=new["term"], timeout=30, with_leader=True)
             assert event["term"] == new["term"] and event["leader"] == new["node"]
             # ...and catches up: a session read there waits for the write made without it
             reply = await client.call(op="get", key="k", consistency="session", member=old, timeout=30)
