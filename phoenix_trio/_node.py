@@ -1095,7 +1095,12 @@ class Node:
                 entry = (template, data, request.source, _current_trace.get(), request.correlation_id, FLAG_REPLY)
                 if self.security is not None:
                     entry = self.security.outgoing(entry)
-                if not await connection.send_now(entry):  # the requester is waiting: no hand-off
+                # The requester is waiting: write it now, no hand-off; unless the agent has
+                # more requests queued (a burst, e.g. a pipeline stage): then the replies go
+                # out together in the writer's next batch, one frame and one write for many.
+                inbox = self._inboxes.get(request.subject or "")
+                burst = inbox is not None and inbox.space() < inbox.capacity
+                if burst or not await connection.send_now(entry):
                     await connection.enqueue(entry)
 
             self._responders[node_id] = responder
