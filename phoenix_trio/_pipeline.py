@@ -91,6 +91,7 @@ from ._ids import new_id
 from ._message import DeliveryGuarantee, Message, QoSRequirements, RoutingMetadata, node_uri
 from ._peer_protocol import FLAG_REQUEST, SendTemplate
 from ._taxonomy import message_characteristics
+from ._trace import _current as _current_trace
 
 if TYPE_CHECKING:
     from ._node import Agent, Node
@@ -661,7 +662,20 @@ class Pipeline:
         node.balancer.stats_for(agent_id).started()
         template = self._template(stage, agent_id, record.data.__class__ is bytes)
         try:
-            await node._deliver(agent_id, node_id, template, record.data, correlation_id, FLAG_REQUEST, True, node._local_reply)
+            if node_id is None:
+                await node._deliver(agent_id, None, template, record.data, correlation_id, FLAG_REQUEST, True, node._local_reply)
+            else:
+                # Queued for the connection's writer, not written from here one by one: the
+                # coordinator sends requests in bursts, and batches are what scale.
+                connection = node._connections.get(node_id)
+                if connection is None or connection.closed:
+                    raise NodeUnreachable(node_id, "not connected")
+                entry = (template, record.data, agent_id, _current_trace.get(), correlation_id, FLAG_REQUEST)
+                if node.security is not None:
+                    entry = node.security.outgoing(entry)
+                if not connection.try_enqueue(entry):
+                    await connection.enqueue(entry)
+                await trio.lowlevel.checkpoint_if_cancelled()
         except (AgentNotFound, NodeUnreachable, Backpressure) as exc:
             if not call._set:
                 call.error = exc

@@ -430,3 +430,27 @@ async def test_a_remote_sender_waits_for_a_full_buffer_instead_of_losing_message
         assert [(await pipeline.receive()).data for _ in range(20)] == list(range(20))
         await pipeline.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_replies_to_a_burst_of_requests_share_frames() -> None:
+    # A stage answers a burst of requests: its replies go out in batches, not one write each.
+    async with cluster(2) as (a, b):
+        async with b.agent("echo") as echo:
+            await a.wait_for_agent("echo", timeout=5)
+            replies: list[int] = []
+
+            async def ask(i: int) -> None:
+                replies.append((await a.request("echo", i, timeout=10)).data)
+
+            async with trio.open_nursery() as nursery:
+                for i in range(200):
+                    nursery.start_soon(ask, i)
+                await trio.testing.wait_all_tasks_blocked()
+                assert echo.statistics().queued == 200
+                frames_before = b._connections["n0"].frames_written
+                async for message in echo:
+                    await message.reply(message.data)
+                    if echo.statistics().delivered == 200:
+                        break
+            assert sorted(replies) == list(range(200))
+            assert b._connections["n0"].frames_written - frames_before < 20
