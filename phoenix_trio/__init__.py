@@ -29,6 +29,12 @@ from ._errors import SecurityError as SecurityError
 from ._errors import UnsupportedVersion as UnsupportedVersion
 from ._errors import ValidationError as ValidationError
 
+from ._causal import CausalDelivery as CausalDelivery
+from ._causal import CausalGap as CausalGap
+from ._causal import CausalOrderOverflow as CausalOrderOverflow
+from ._causal import CausalStatistics as CausalStatistics
+from ._causal_group import CausalGroup as CausalGroup
+from ._causal_group import open_causal_group as open_causal_group
 from ._flow import FlowControl as FlowControl
 from ._flow import FlowStatistics as FlowStatistics
 from ._inbox import Inbox as Inbox
@@ -42,13 +48,13 @@ from ._node import open_node as open_node
 from ._pipeline import DEAD_LETTER_TYPE as DEAD_LETTER_TYPE
 from ._pipeline import METRIC_TYPE as METRIC_TYPE
 from ._pipeline import PIPELINE_TYPE as PIPELINE_TYPE
-from ._pipeline import RESULT_TYPE as RESULT_TYPE
-from ._pipeline import STAGE_ERROR_TYPE as STAGE_ERROR_TYPE
 from ._pipeline import Pipeline as Pipeline
 from ._pipeline import PipelineError as PipelineError
 from ._pipeline import PipelineResult as PipelineResult
 from ._pipeline import PipelineStatistics as PipelineStatistics
 from ._pipeline import PipelineStopped as PipelineStopped
+from ._pipeline import RESULT_TYPE as RESULT_TYPE
+from ._pipeline import STAGE_ERROR_TYPE as STAGE_ERROR_TYPE
 from ._pipeline import Stage as Stage
 from ._pipeline import StageStatistics as StageStatistics
 from ._pipeline import serve_stage as serve_stage
@@ -58,7 +64,16 @@ from ._pubsub import PubSub as PubSub
 from ._pubsub import PubSubStatistics as PubSubStatistics
 from ._pubsub import Subscription as Subscription
 from ._pubsub import SubscriptionStatistics as SubscriptionStatistics
+from ._ratelimit import AdaptiveThrottle as AdaptiveThrottle
+from ._ratelimit import BucketInfo as BucketInfo
+from ._ratelimit import BucketNotFound as BucketNotFound
+from ._ratelimit import RateLimited as RateLimited
+from ._ratelimit import RateLimiter as RateLimiter
+from ._ratelimit import SlidingWindow as SlidingWindow
+from ._ratelimit_node import NodeRateLimiter as NodeRateLimiter
+from ._ratelimit_node import open_rate_limiter as open_rate_limiter
 from ._service import Service as Service
+from ._service import ServiceFaults as ServiceFaults
 from ._topics import InvalidTopic as InvalidTopic
 from ._topics import TopicTrie as TopicTrie
 from ._topics import pattern_matches as pattern_matches
@@ -69,6 +84,8 @@ from ._transport import InProcessTransport as InProcessTransport
 from ._transport import TcpTransport as TcpTransport
 from ._transport import Transport as Transport
 from ._service import ServiceStatistics as ServiceStatistics
+from .raft import open_raft as open_raft
+from .raft import open_total_order_group as open_total_order_group
 from ._message import EXTENSION_ATTRIBUTES as EXTENSION_ATTRIBUTES
 from ._message import DeliveryGuarantee as DeliveryGuarantee
 from ._message import Message as Message

@@ -14,6 +14,10 @@
   across restarts.
 - ``slow``: a deliberately slow consumer (one message per millisecond, inbox of 100),
   for showing backpressure; requests are answered like ``counter``'s.
+- ``causal``: drives a causal-order group member on this node for tests
+  (``phoenix_trio._causal_group.serve_causal_agent``).
+- ``ratelimit``: drives a distributed token bucket on this node for tests
+  (``phoenix_trio._ratelimit_node.serve_rate_limit_agent``).
 - ``subscriber``: holds pub-sub subscriptions on request and counts what they get.
   ``{"subscribe": pattern, "delivery": ..., "backpressure": ..., "capacity": n, "delay": s}``
   subscribes (``delay``: seconds spent per message, a slow consumer) and answers once
@@ -47,7 +51,7 @@ from ._node import Node
 from ._pipeline import serve_stage
 from ._pubsub import Subscription
 
-KINDS = ("echo", "counter", "sink", "slow", "driver", "journal", "subscriber", "stage")
+KINDS = ("echo", "counter", "sink", "slow", "driver", "journal", "causal", "ratelimit", "subscriber", "stage")
 CAPACITY = {"slow": 100}
 
 
@@ -93,6 +97,14 @@ async def run_agent(
                         await message.reply("ok")
             finally:
                 os.close(fd)
+        elif kind == "causal":
+            from ._causal_group import serve_causal_agent
+
+            await serve_causal_agent(agent)
+        elif kind == "ratelimit":
+            from ._ratelimit_node import serve_rate_limit_agent
+
+            await serve_rate_limit_agent(agent)
         elif kind == "driver":
             async for message in agent:
                 if message.is_request:
