@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     node.add_argument("--listen", default="127.0.0.1:0", help="host:port to accept peers on (port 0: any)")
     node.add_argument("--seed", action="append", default=[], help="host:port of a node to join through (repeatable)")
     node.add_argument(
-        "--agent", action="append", default=[], metavar="KIND:ID", help="run a built-in agent: echo, counter or sink (repeatable)"
+        "--agent", action="append", default=[], metavar="KIND:ID[@GROUP]", help="run a built-in agent (echo, counter, sink, slow, driver, subscriber, stage); @GROUP adds it to a group (repeatable)"
     )
     node.add_argument("--heartbeat-interval", type=float, default=0.5)
     node.add_argument("--failure-timeout", type=float, default=2.0)

@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 import sys
+from functools import partial
 from typing import Any
 
 import trio
@@ -72,10 +73,11 @@ def run_node(args: argparse.Namespace) -> int:
     agents = []
     for spec in args.agent:
         kind, sep, agent_id = spec.partition(":")
+        agent_id, _, group = agent_id.partition("@")
         if not sep or not agent_id:
-            print(f"--agent takes KIND:ID, not {spec!r}", file=sys.stderr)
+            print(f"--agent takes KIND:ID or KIND:ID@GROUP, not {spec!r}", file=sys.stderr)
             return 2
-        agents.append((kind, agent_id))
+        agents.append((kind, agent_id, group or None))
     try:
         overlay = _overlay_settings(args)
     except (ValueError, TypeError) as exc:  # ConfigurationError is a ValueError too
@@ -95,8 +97,8 @@ def run_node(args: argparse.Namespace) -> int:
             **overlay,
         ) as node:
             async with trio.open_nursery() as nursery:
-                for kind, agent_id in agents:
-                    await nursery.start(run_agent, node, kind, agent_id)
+                for kind, agent_id, group in agents:
+                    await nursery.start(partial(run_agent, node, kind, agent_id, group=group))
                 if node.overlay is not None:
                     await nursery.start(_report_overlay, node)
                 _emit(event="listening", node=node.id, address=f"{node.address[0]}:{node.address[1]}", pid=os.getpid())

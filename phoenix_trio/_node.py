@@ -26,8 +26,8 @@ import os
 import random
 import re
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -68,6 +68,7 @@ from ._flow import SPILL as FLOW_SPILL
 from ._flow import WAIT as FLOW_WAIT
 from ._flow import FlowControl, FlowStatistics, SpillStore, TargetQueue, decode_spilled, encode_spilled
 from ._inbox import HANDLED, TAKEN, Inbox
+from ._pubsub import FLAG_PUBLISH, PUBLISH_TYPE, PubSub, Subscription
 from ._retry import RetryPolicy
 from ._service import Service
 from ._transport import BroadcastResult, InProcessTransport, TcpTransport, Transport, _broadcast
@@ -405,6 +406,16 @@ class Agent:
         options.setdefault("source", self.uri)
         return await self.node.request(target, data, **options)
 
+    async def publish(self, topic: str, event: Any = None, **options: Any) -> None:
+        """:meth:`Node.publish` with this agent as the source."""
+        options.setdefault("source", self.uri)
+        await self.node.publish(topic, event, **options)
+
+    def subscribe(self, topic_pattern: str, **options: Any) -> AbstractAsyncContextManager[Subscription]:
+        """:meth:`Node.subscribe` for this agent (the design's ``subscribe(agent, pattern)``)."""
+        options.setdefault("subscriber", self.id)
+        return self.node.subscribe(topic_pattern, **options)
+
     def statistics(self) -> Any:
         return self.inbox.statistics()
 
@@ -463,6 +474,8 @@ class Node:
         self._flows: dict[str, _FlowTarget] = {}
         self._telemetry: set[trio.MemorySendChannel[Message]] = set()
         self.security = SecurityGate(self, config.security) if config.security is not None else None
+        self.pubsub = PubSub(self)
+        self._pipelines: dict[str, Any] = {}
         self.closed = False
         self.stats = {
             "sent": 0, "received": 0, "dropped_unknown_agent": 0, "encode_failures": 0, "protocol_errors": 0, "dropped_unknown_service": 0,
@@ -508,6 +521,7 @@ class Node:
             nursery.start_soon(self._sync_loop)
         nursery.start_soon(self._timer_loop)
         nursery.start_soon(self._retransmit_loop)
+        await nursery.start(self.pubsub.run)
         self._apply(self._membership.start(trio.current_time()))
 
     async def _start_overlay(self, nursery: trio.Nursery) -> None:
@@ -1157,7 +1171,12 @@ class Node:
                 entry = (template, data, request.source, _current_trace.get(), request.correlation_id, FLAG_REPLY)
                 if self.security is not None:
                     entry = self.security.outgoing(entry)
-                if not await connection.send_now(entry):  # the requester is waiting: no hand-off
+                # The requester is waiting: write it now, no hand-off; unless the agent has
+                # more requests queued (a burst, e.g. a pipeline stage): then the replies go
+                # out together in the writer's next batch, one frame and one write for many.
+                inbox = self._inboxes.get(request.subject or "")
+                burst = inbox is not None and inbox.space() < inbox.capacity
+                if burst or not await connection.send_now(entry):
                     await connection.enqueue(entry)
 
             self._responders[node_id] = responder
@@ -1225,6 +1244,41 @@ class Node:
         if waiter is not None:
             waiter.acked.add(agent_id)
             waiter.settle()
+
+    # -- publish-subscribe and pipelines (phoenix_trio._pubsub, phoenix_trio._pipeline) ----------
+
+    def publish(
+        self,
+        topic: str,
+        event: Any = None,
+        *,
+        fanout: str = "immediate",
+        source: str | None = None,
+        type: str = PUBLISH_TYPE,
+        wait: bool = True,
+    ) -> Awaitable[None]:
+        """``await node.publish(topic, event)``: see :meth:`PubSub.publish <phoenix_trio.PubSub.publish>`."""
+        return self.pubsub.publish(topic, event, fanout, source, type, wait)
+
+    def subscribe(self, topic_pattern: str, **options: Any) -> AbstractAsyncContextManager[Subscription]:
+        """``async with node.subscribe(pattern, ...) as subscription``: see :meth:`PubSub.subscribe <phoenix_trio.PubSub.subscribe>`."""
+        return self.pubsub.subscribe(topic_pattern, **options)
+
+    def unsubscribe(self, topic_pattern: str, *, subscriber: str | None = None) -> int:
+        """Close this node's subscriptions to ``topic_pattern`` (of ``subscriber``); returns how many."""
+        return self.pubsub.unsubscribe(topic_pattern, subscriber=subscriber)
+
+    async def create_pipeline(self, stages: Sequence[Any], **options: Any) -> Any:
+        """Start a pipeline through ``stages``: see :func:`phoenix_trio.Pipeline`."""
+        from ._pipeline import create_pipeline
+
+        return await create_pipeline(self, stages, **options)
+
+    async def send_to_pipeline(self, pipeline_id: str, message: Any, **options: Any) -> Any:
+        """Feed ``message`` into pipeline ``pipeline_id`` (here or on another node)."""
+        from ._pipeline import send_to_pipeline
+
+        return await send_to_pipeline(self, pipeline_id, message, **options)
 
     # -- membership -------------------------------------------------------------------------
 
@@ -1781,10 +1835,14 @@ class Node:
         flags_list = batch.flags
         positions = batch.positions
         responder = None
+        publications: list[tuple[Message, int, int | None]] = []
         for i, message in enumerate(batch.messages):
             flags = flags_list[i]
             if flags & FLAG_REPLY:
                 self._resolve_reply(message)
+                continue
+            if flags & FLAG_PUBLISH:
+                publications.append((message, flags, positions.get(i) if positions is not None else None))
                 continue
             target = message.subject
             if positions is not None and i in positions and target is not None and target in inboxes:
@@ -1807,6 +1865,8 @@ class Node:
             else:
                 group.append(message)
         self.stats["received"] += len(batch.messages)
+        if publications:
+            await self.pubsub.on_publications(connection.peer_id, publications)
         for agent_id, messages in groups.items():
             inbox = inboxes.get(agent_id)
             if inbox is None:

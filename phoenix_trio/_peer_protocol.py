@@ -46,7 +46,10 @@ Frames (the C core's format, CRC32C checked) travel on two channels:
   such items carry two more elements, the message id and the stream position
   (``[4, ..., flags, id, dseq]``, ``[1, ..., flags, dseq]``, ``[2, flags, layout1, dseq]``;
   a batched item's id may be compact: ``(ms << 16) | seq``, completed by the stamp's node part),
-  and the receiver answers with DELIVERED control messages.
+  and the receiver answers with DELIVERED control messages. Bit 5 marks a publication
+  (the subject is a topic; the receiving node hands it to its matching subscriptions,
+  see :mod:`phoenix_trio._pubsub`) and bit 6 a publication that spent a unit of the
+  receiver's pub-sub credit.
 """
 
 from __future__ import annotations
@@ -98,6 +101,8 @@ FLAG_REQUEST = 0x02
 FLAG_REPLY = 0x04
 FLAG_ALO = 0x08  # at-least-once: acknowledge when the agent has handled it
 FLAG_EO = 0x10  # exactly-once: accept in stream order, de-duplicate, acknowledge cumulatively
+FLAG_PUBLISH = 0x20  # pub-sub: the subject is a topic; the node's subscriptions get it (phoenix_trio._pubsub)
+FLAG_CREDITED = 0x40  # pub-sub: the publisher spent a unit of the receiver's credit on it
 
 _NODE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _CHANNEL_RE = re.compile(r"[a-z0-9_-]{1,32}")
@@ -470,7 +475,17 @@ class PeerProtocol:
         return self._control([Tag.ACKS, [list(a) for a in acks]])
 
     def delivered(self, at_least_once: list[list[Any]], exactly_once: list[tuple[str, int]]) -> bytes:
-        return self._control([Tag.DELIVERED, at_least_once, [list(a) for a in exactly_once]])
+        """DELIVERED messages for these acknowledgements (``[agent, first, last]`` ranges and
+        ``(agent, position)`` pairs): as many as the receiver's limit of :data:`MAX_LIST`
+        entries per list requires."""
+        if len(at_least_once) <= MAX_LIST and len(exactly_once) <= MAX_LIST:
+            return self._control([Tag.DELIVERED, at_least_once, [list(a) for a in exactly_once]])
+        out = []
+        for start in range(0, max(len(at_least_once), len(exactly_once)), MAX_LIST):
+            alo = at_least_once[start : start + MAX_LIST]
+            eo = exactly_once[start : start + MAX_LIST]
+            out.append(self._control([Tag.DELIVERED, alo, [list(a) for a in eo]]))
+        return b"".join(out)
 
     def service(self, name: str, payload: bytes) -> bytes:
         return self._control([Tag.SERVICE, name, payload])

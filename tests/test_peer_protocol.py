@@ -341,3 +341,15 @@ def test_stamps_and_batched_items_are_validated() -> None:
     data = core.encode_frame(msgpack.packb([template_item, message_item], datetime=True), channel=1)
     with pytest.raises(RemoteProtocolError, match="stamp"):
         fresh_b.receive_data(data)
+
+
+def test_many_acknowledgements_are_split_to_fit_the_receivers_limit() -> None:
+    from phoenix_trio._peer_protocol import MAX_LIST, Delivered
+
+    a, b = pair()
+    alo = [["agent", 2 * i + 1, 2 * i + 1] for i in range(2 * MAX_LIST + 5)]  # no two consecutive
+    eo = [("other", 7)]
+    events = b.receive_data(a.delivered(alo, eo))
+    assert all(isinstance(e, Delivered) for e in events) and len(events) == 3
+    assert [list(ack) for e in events for ack in e.at_least_once] == alo
+    assert [ack for e in events for ack in e.exactly_once] == eo

@@ -389,3 +389,24 @@ async def test_key_rotation_on_a_running_cluster_loses_no_message() -> None:
     stale = sec.secure_message(_good(), node_context("n0", sec.SecurityPolicy(default=sec.ENCRYPT), ring=late, clock=clock))
     with pytest.raises(sec.ExpiredKey):
         sec.verify_message(stale, contexts("n1"))
+
+
+async def test_verified_reliable_messages_keep_their_stream_positions() -> None:
+    # A batch the gate rebuilds (it verified something) still carries the positions of
+    # its reliable messages, so they are acknowledged, not resent until they fail.
+    policy = sec.SecurityPolicy(default=sec.AUTHENTICATE)
+    async with secure_cluster(2, lambda node_id: node_context(node_id, policy)) as (a, b):
+        async with b.agent("inbox") as inbox:
+            await a.wait_for_agent("inbox", timeout=5)
+
+            async def consume() -> None:
+                async for _ in inbox:
+                    pass
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(consume)
+                with trio.fail_after(3):  # the first retry would come after 5 s
+                    for i in range(3):
+                        await a.deliver("inbox", i, delivery="at_least_once")
+                nursery.cancel_scope.cancel()
+            assert a.stats["retransmitted"] == 0

@@ -54,3 +54,52 @@ async def test_a_full_service_queue_stops_the_reader_without_losing_anything() -
             got = [(await sb.receive())[1] for _ in range(10)]
             assert got == [bytes([i]) for i in range(10)]
             assert (await inbox.receive()).data == "after the payloads"
+
+
+async def test_injected_faults_delay_reorder_duplicate_and_drop_inbound_payloads() -> None:
+    from phoenix_trio._service import ServiceFaults
+
+    with pytest.raises(px.ConfigurationError):
+        ServiceFaults(seed=1, delay=(0.2, 0.1))
+    async with cluster(2) as (a, b):
+        async with a.service("p") as sa, b.service("p") as sb, a.service("sync") as ta, b.service("sync") as tb:
+            sb.inject_faults(ServiceFaults(seed=7, delay=(0.0, 0.05), duplicate=0.1, drop=0.1))
+            start = trio.current_time()
+            for i in range(300):
+                await sa.send("n1", i.to_bytes(2, "big"))
+            # Control frames keep their order on the connection: once this arrives, all 300 were offered.
+            await ta.send("n1", b"sync")
+            assert await tb.receive() == ("n0", b"sync")
+            dropped, duplicated = sb.faults_dropped, sb.faults_duplicated
+            assert dropped > 0 and duplicated > 0
+            got = [int.from_bytes((await sb.receive())[1], "big") for _ in range(300 - dropped + duplicated)]
+            assert trio.current_time() - start < 5
+            counts = {i: got.count(i) for i in range(300)}
+            assert sum(1 for c in counts.values() if c == 0) == dropped
+            assert sum(1 for c in counts.values() if c == 2) == duplicated
+            assert got != sorted(got)  # reordered
+            assert sb.statistics().queued == 0
+            sb.inject_faults(None)  # back to plain in-order delivery
+            for i in range(50):
+                await sa.send("n1", bytes([i]))
+            assert [(await sb.receive())[1] for _ in range(50)] == [bytes([i]) for i in range(50)]
+
+
+async def test_injected_delays_run_on_the_mock_clock(mock_clock: trio.testing.MockClock) -> None:
+    from phoenix_trio._service import ServiceFaults
+
+    async with cluster(2) as (a, b):
+        async with a.service("p") as sa, b.service("p", capacity=4) as sb, a.service("sync") as ta, b.service("sync") as tb:
+            sb.inject_faults(ServiceFaults(seed=1, delay=(1000.0, 1000.0)))
+            for i in range(4):
+                await sa.send("n1", bytes([i]))
+            await ta.send("n1", b"sync")
+            assert await tb.receive() == ("n0", b"sync")
+            assert sb.statistics().queued == 4  # held, and counted against the capacity
+            with pytest.raises(trio.WouldBlock):
+                sb.receive_nowait()
+            mock_clock.jump(999.0)
+            with pytest.raises(trio.WouldBlock):
+                sb.receive_nowait()
+            mock_clock.jump(1.0)
+            assert [(await sb.receive())[1] for _ in range(4)] == [bytes([i]) for i in range(4)]

@@ -137,25 +137,35 @@ class SecurityGate:
         protection_for = context.policy.protection_for
         messages = batch.messages
         flags = batch.flags
+        positions = batch.positions  # stream positions of reliable messages, by index
         kept: list[Message] | None = None
         kept_flags: list[int] = []
+        kept_positions: dict[int, int] | None = None
         for i, message in enumerate(messages):
             if message.security is None and not protection_for(message.type).authenticate:
                 if kept is not None:
+                    if positions is not None and i in positions:
+                        kept_positions = kept_positions or {}
+                        kept_positions[len(kept)] = positions[i]
                     kept.append(message)
                     kept_flags.append(flags[i])
                 continue
             if kept is None:
                 kept, kept_flags = messages[:i], flags[:i]
+                if positions is not None:
+                    kept_positions = {k: v for k, v in positions.items() if k < i} or None
             try:
                 verified = verify_message(message, context)
             except MessageSecurityError as exc:
                 self._reject(connection, message, flags[i], exc)
                 continue
             self.stats["verified"] += 1
+            if positions is not None and i in positions:
+                kept_positions = kept_positions or {}
+                kept_positions[len(kept)] = positions[i]
             kept.append(verified)
             kept_flags.append(flags[i])
-        return batch if kept is None else DataBatch(kept, kept_flags)
+        return batch if kept is None else DataBatch(kept, kept_flags, kept_positions)
 
     def _reject(self, connection: Connection, message: Message, flags: int, error: MessageSecurityError) -> None:
         node = self.node
