@@ -284,6 +284,8 @@ class OverlayRuntime:
             part = getattr(core, name)
             if part is not None and hasattr(part, "stats"):
                 out[name] = attrs.asdict(part.stats)
+        if core.gossip is not None:
+            out["gossip"]["pushing"] = core.gossip.pushing()
         return out
 
     # -- lifecycle -------------------------------------------------------------------------

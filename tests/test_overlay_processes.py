@@ -115,7 +115,7 @@ async def test_sixteen_processes_broadcast_sigkill_a_quarter_and_broadcast_again
         first_id = reply["id"]
         await wait_all(procs, lambda: all(delivered(p.events, first_id) for p in procs), timeout=30)
         assert all(delivered(p.events, first_id) == 1 for p in procs)  # exactly once each
-        origin_event = next(e for e in by_name["p03"].events if e.get("id") == first_id)
+        origin_event = next(e for e in by_name["p03"].events if e.get("event") == "overlay_delivered" and e.get("id") == first_id)
         assert origin_event["hops"] == 0 and origin_event["data"] == {"round": 1}
 
         killed = ["p04", "p08", "p12", "p15"]  # a quarter, SIGKILL: no goodbye
@@ -263,10 +263,21 @@ async def test_a_partitioned_group_catches_up_through_anti_entropy_after_healing
                     total += gossip_stats["requests_sent"] + gossip_stats["anti_entropy_envelopes"]
                 return total
 
+            # Let the pushes on this side end (push_rounds bounds them) so that only
+            # anti-entropy can carry the messages across once the partition heals.
+            with trio.fail_after(30):
+                while any([(await procs[n].call("stats"))["stats"]["gossip"]["pushing"] for n in rest]):
+                    await trio.sleep(0.05)  # pacing a poll of the nodes' state, not a guess at timing
             exchanged = await anti_entropy_total()
             net.move(cut, "br0")  # heal
             lagging = [procs[n] for n in cut]
-            await wait_all(lagging, lambda: all(delivered(p.events, m) for p in lagging for m in during), timeout=60)
+            try:
+                await wait_all(lagging, lambda: all(delivered(p.events, m) for p in lagging for m in during), timeout=60)
+            except trio.TooSlowError:
+                for name in names:  # what each node saw, for the failure report
+                    st = (await procs[name].call("stats"))["stats"]
+                    print(name, st["neighbors"], st["passive"], st["membership"], st["gossip"])
+                raise
             # Pushes ended long before (two rounds per holder): the cut-off nodes got the
             # messages because digests showed what they lacked.
             assert await anti_entropy_total() > exchanged
