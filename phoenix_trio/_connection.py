@@ -8,8 +8,10 @@ Writing batches: senders append messages to a bounded pending list and return. T
 writer takes everything pending at once, encodes it into as few frames as possible and
 writes them with one ``send_all``; while that write is in progress the next batch
 builds up. So the batch size follows the load: one message when idle, hundreds under
-pressure, with no timer adding latency. When the pending list is full, senders wait
-(or get :class:`~phoenix_trio.Backpressure` if they asked not to wait). When nothing
+pressure, with no timer adding latency. When the pending list is full (``max_pending``
+messages, or ``max_pending_bytes`` of large payloads: a stream of 1 MiB messages queues
+a few of them, not thousands), senders wait (or get :class:`~phoenix_trio.Backpressure`
+if they asked not to wait). When nothing
 has been written for a heartbeat interval, the writer sends a heartbeat.
 
 Reading: the reader feeds received bytes to the protocol and hands events to the node,
@@ -41,9 +43,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 256 * 1024
-MAX_CONTROL_BYTES = 16 * 1024 * 1024
-DIRECT_WRITE_TIMEOUT = 2.0  # seconds a direct (unqueued) write may take before the connection is cut  # service traffic buffered per peer before senders wait
+MAX_CONTROL_BYTES = 16 * 1024 * 1024  # service traffic buffered per peer before senders wait
+DIRECT_WRITE_TIMEOUT = 2.0  # seconds a direct (unqueued) write may take before the connection is cut
 FINISH_TIMEOUT = 2.0  # after its GOODBYE, a finishing connection waits this long for the peer to close
+LARGE_PAYLOAD = 4096  # payloads from this size count against max_pending_bytes
+_SIZED = (bytes, str, bytearray, memoryview)
+
+
+def _large_size(entry: tuple[Any, ...]) -> int:
+    """The payload size of a queued send entry when it is large, else 0 (cheap: the hot path)."""
+    if len(entry) >= 6:
+        data = entry[1]
+        if data.__class__ in _SIZED:
+            size = len(data)
+            if size >= LARGE_PAYLOAD:
+                return size
+    return 0
 
 
 class Connection:
@@ -61,6 +76,8 @@ class Connection:
         self.closed = False
         self.close_reason = ""
         self.max_pending = node.config.max_pending
+        self.max_pending_bytes = node.config.max_pending_bytes
+        self._pending_bytes = 0  # large payloads in _pending (see _large_size)
         # Entries: (message, flags) or (template, data, subject, trace parent, correlation id, flags).
         self._pending: list[tuple[Any, ...]] = []
         self._control: list[bytes] = []
@@ -252,6 +269,7 @@ class Connection:
                 entries = self._take_budget(entries)
             else:
                 self._pending = []
+                self._pending_bytes = 0
             if self._space_lot:
                 self._space_lot.unpark_all()
             if entries:
@@ -280,6 +298,7 @@ class Connection:
             if size >= budget:
                 break
         self._pending = entries[taken:]
+        self._pending_bytes = sum(_large_size(entry) for entry in self._pending)
         return entries[:taken]
 
     async def _write_goodbye(self) -> None:
@@ -380,6 +399,11 @@ class Connection:
             raise NodeUnreachable(self.peer.node_id if self.peer else "?", self.close_reason or "connection closed")
         if len(self._pending) >= self.max_pending:
             return False
+        size = _large_size(entry)
+        if size:
+            if self._pending and self._pending_bytes + size > self.max_pending_bytes:
+                return False
+            self._pending_bytes += size
         self._pending.append(entry)
         if self._writer_lot:
             self._writer_lot.unpark_all()
@@ -448,6 +472,7 @@ class Connection:
     def take_pending(self) -> list[tuple[Any, ...]]:
         """Hand over unsent entries (to a connection replacing this one)."""
         entries, self._pending = self._pending, []
+        self._pending_bytes = 0
         return entries
 
     async def goodbye_now(self, reason: str, timeout: float = 0.5) -> None:
@@ -503,6 +528,7 @@ class Connection:
             "channel": self.channel,
             "lane": self.lane,
             "pending": len(self._pending),
+            "pending_bytes": self._pending_bytes,
             "messages_sent": self.messages_sent,
             "messages_received": self.protocol.messages_received,
             "frames_written": self.frames_written,

@@ -173,7 +173,8 @@ class NodeConfig:
     handshake_timeout: float = 5.0
     connect_timeout: float = 2.0
     request_timeout: float = 5.0
-    max_pending: int = 8192
+    max_pending: int = 8192  # messages queued per connection before senders wait
+    max_pending_bytes: int = 8 * 1024 * 1024  # and bytes of large payloads (>= 4 KiB each) queued per connection
     max_frame: int = 16 * 1024 * 1024
     inbox_capacity: int = 1024
     cluster: str = "phoenix"
