@@ -14,9 +14,11 @@ acknowledgements back); they close with the primary connection.
 Which channel a message takes:
 
 1. ``channel=`` given at send time (``node.send(..., channel="bulk")``);
-2. otherwise, for a message that is not tracked (``at_most_once``, requests) whose data
+2. otherwise the channel configured for the message's type (``types={"phoenix.data.file":
+   "bulk"}``: a type or a prefix of whole segments, the longest match wins);
+3. otherwise, for a message that is not tracked (``at_most_once``, requests) whose data
    is ``bytes``/``str`` of at least ``large_threshold`` bytes: the ``large`` channel;
-3. otherwise the ``default`` channel (``"control"`` unless configured).
+4. otherwise the ``default`` channel (``"control"`` unless configured).
 
 Reliable messages (``at_least_once``/``exactly_once``) never take the size rule: a
 reliable stream stays on one connection, so exactly-once's in-order acceptance is not
@@ -57,6 +59,19 @@ def _freeze(value: Any) -> tuple[tuple[str, int], ...]:
     return tuple((str(k), v) for k, v in items)
 
 
+def _freeze_types(value: Any) -> tuple[tuple[str, str], ...]:
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ConfigurationError(f"types must be a mapping of message type (or prefix) -> channel, got {value!r}")
+    for item in items:
+        if not isinstance(item, tuple) or len(item) != 2 or not all(isinstance(x, str) for x in item):
+            raise ConfigurationError(f"types must be a mapping of message type (or prefix) -> channel, got {value!r}")
+    return tuple(items)
+
+
 @attrs.frozen(slots=True)
 class ChannelConfig:
     """Named parallel channels for a node (see the module docstring).
@@ -66,12 +81,15 @@ class ChannelConfig:
     - ``default``: the channel of messages that ask for none and are not large.
     - ``large`` / ``large_threshold``: untracked messages whose ``bytes``/``str`` data is
       at least this many bytes go to the ``large`` channel (None: no size rule).
+    - ``types``: message type (or a prefix of whole segments) -> channel, for example
+      ``{"phoenix.data.file": "bulk"}``; the longest matching prefix wins.
     """
 
     channels: tuple[tuple[str, int], ...] = attrs.field(converter=_freeze)
     default: str = PRIMARY
     large: str | None = None
     large_threshold: int = 64 * 1024
+    types: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_freeze_types)
     _lanes: dict[str, int] = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -87,6 +105,11 @@ class ChannelConfig:
         for role, name in (("default", self.default), ("large", self.large)):
             if name is not None and name != PRIMARY and name not in lanes:
                 raise ConfigurationError(f"{role} channel {name!r} is not configured")
+        for prefix, name in self.types:
+            if not prefix or prefix.startswith(".") or prefix.endswith(".") or ".." in prefix:
+                raise ConfigurationError(f"types: {prefix!r} is not a message type or a prefix of whole segments")
+            if name != PRIMARY and name not in lanes:
+                raise ConfigurationError(f"types: channel {name!r} (for {prefix!r}) is not configured")
         if not isinstance(self.large_threshold, int) or self.large_threshold < 1:
             raise ConfigurationError("large_threshold must be a positive number of bytes")
         object.__setattr__(self, "_lanes", lanes)
@@ -102,6 +125,15 @@ class ChannelConfig:
         if count is None:
             raise ConfigurationError(f"unknown channel {name!r}; this node has {', '.join(self.names())}")
         return count
+
+    def for_type(self, type_: str) -> str | None:
+        """The channel configured for messages of ``type_`` (longest prefix), or None."""
+        best: tuple[int, str] | None = None
+        for prefix, name in self.types:
+            if type_ == prefix or type_.startswith(prefix + "."):
+                if best is None or len(prefix) > best[0]:
+                    best = (len(prefix), name)
+        return None if best is None else best[1]
 
     def choose(self, asked: str | None, data: Any, tracked: bool) -> str:
         """The channel for one message (see the module docstring)."""
@@ -119,7 +151,7 @@ class ChannelConfig:
 
 def configure_channels(channels: Mapping[str, int], **options: Any) -> ChannelConfig:
     """A validated :class:`ChannelConfig`: ``configure_channels({"bulk": 2}, large="bulk")``."""
-    unknown = set(options) - {"default", "large", "large_threshold"}
+    unknown = set(options) - {"default", "large", "large_threshold", "types"}
     if unknown:
         raise ConfigurationError(f"unknown channel option(s): {', '.join(sorted(unknown))}")
     return ChannelConfig(channels, **options)

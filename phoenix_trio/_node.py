@@ -638,6 +638,8 @@ class Node:
         if template is not None:
             return template
         validate_type(type_)
+        if channel is None and self._channels is not None and self._channels.types:
+            channel = self._channels.for_type(type_)
         if channel is not None:
             if self._channels is None:
                 raise ConfigurationError("channel= needs a node opened with channels=")

@@ -94,6 +94,30 @@ async def test_messages_take_their_channel_and_keep_order_per_agent() -> None:
                 await a.send("small", 1, channel="nope")
 
 
+def test_channel_by_message_type() -> None:
+    config = configure_channels({"bulk": 1, "data": 1}, types={"phoenix.data.file": "bulk", "phoenix.data": "data"})
+    assert config.for_type("phoenix.data.file.chunk") == "bulk"  # the longest prefix wins
+    assert config.for_type("phoenix.data.stream.chunk") == "data"
+    assert config.for_type("phoenix.data.filex.chunk") == "data"  # whole segments only
+    assert config.for_type("phoenix.agent.direct.send") is None
+    for bad in ({"phoenix.data.": "bulk"}, {"phoenix.data": "nope"}, {"": "bulk"}, {"a..b": "bulk"}, ["phoenix.data"]):
+        with pytest.raises(ConfigurationError):
+            configure_channels({"bulk": 1}, types=bad)
+
+
+async def test_messages_of_a_configured_type_take_its_channel() -> None:
+    channels = configure_channels({"bulk": 1}, types={"phoenix.data.file": "bulk"})
+    async with pair(channels=channels) as (a, b):
+        async with b.agent("files", capacity=100) as files:
+            await a.wait_for_agent("files", timeout=5)
+            await a.send("files", "small but typed", type="phoenix.data.file.chunk", delivery="at_most_once")
+            assert (await files.receive()).data == "small but typed"
+            assert lanes(a) == [("b", "bulk", 0)]
+            await a.send("files", "untyped", delivery="at_most_once")  # the default channel
+            assert (await files.receive()).data == "untyped"
+            assert a._lanes_out[("b", "bulk", 0)].statistics()["messages_sent"] == 1
+
+
 async def test_requests_and_replies_on_lanes() -> None:
     channels = configure_channels({"data": 1}, default="data")
     async with pair(channels=channels) as (a, b):
