@@ -46,6 +46,7 @@ from ._errors import (
     CircuitOpen,
     ConfigurationError,
     DecodeError,
+    LocalProtocolError,
     DeliveryFailed,
     EncodeError,
     NodeUnreachable,
@@ -1261,11 +1262,22 @@ class Node:
         wait: bool = True,
     ) -> Awaitable[None]:
         """``await node.publish(topic, event)``: see :meth:`PubSub.publish <phoenix_trio.PubSub.publish>`."""
+        self._check_full_mesh("publish")
         return self.pubsub.publish(topic, event, fanout, source, type, wait)
 
     def subscribe(self, topic_pattern: str, **options: Any) -> AbstractAsyncContextManager[Subscription]:
         """``async with node.subscribe(pattern, ...) as subscription``: see :meth:`PubSub.subscribe <phoenix_trio.PubSub.subscribe>`."""
+        self._check_full_mesh("subscribe")
         return self.pubsub.subscribe(topic_pattern, **options)
+
+    def _check_full_mesh(self, call: str) -> None:
+        # Interest tables travel between directly connected nodes; an overlay node is
+        # connected to its neighbours only, so publications would silently miss the rest.
+        if self._overlay is not None:
+            raise LocalProtocolError(
+                f"{call}: pub-sub runs on full-mesh nodes; an overlay node spreads data with "
+                "broadcast_overlay() (Plumtree) or gossip() instead"
+            )
 
     def unsubscribe(self, topic_pattern: str, *, subscriber: str | None = None) -> int:
         """Close this node's subscriptions to ``topic_pattern`` (of ``subscriber``); returns how many."""

@@ -100,38 +100,47 @@ async def test_agents_on_non_neighbours_are_reached_over_overlay_routes() -> Non
                             return a, b
                 return None
 
-            await wait_until(nodes[0], lambda: unconnected() is not None)
-            sender, host = unconnected()  # type: ignore[misc]
-            async with host.agent("far", capacity=100) as far:
+            async with AsyncExitStack() as agents:
+                for attempt in range(20):  # the overlay may link the chosen pair meanwhile: choose again
+                    await wait_until(nodes[0], lambda: unconnected() is not None)
+                    sender, host = unconnected()  # type: ignore[misc]
+                    far = await agents.enter_async_context(host.agent(f"far{attempt}", capacity=100))
+                    await sender.wait_for_agent(far.id, timeout=10)
+                    if host.id not in sender._connections and sender.id not in host._connections:
+                        break
+                else:
+                    raise AssertionError("every chosen pair got linked before the test could use it")
+                assert sender.directory.remote[far.id][0] == host.id
+                await use_the_route(nursery, sender, host, far)
 
-                async def serve() -> None:
-                    async for message in far:
-                        if message.is_request:
-                            await message.reply({"echo": message.data})
 
-                await sender.wait_for_agent("far", timeout=10)
-                assert sender.directory.remote["far"][0] == host.id
-                if host.id in sender._connections:
-                    pytest.skip("the overlay reconnected the pair meanwhile")
-                await sender.send("far", "routed at most once", delivery="at_most_once")
-                assert (await far.receive()).data == "routed at most once"
-                deliver_done = trio.Event()
+async def use_the_route(nursery: trio.Nursery, sender: px.Node, host: px.Node, far: Any) -> None:
+    """At most once, exactly once and a request, all from ``sender`` to ``far`` over overlay routes."""
 
-                async def deliver() -> None:
-                    await sender.deliver("far", "exactly once over the overlay", delivery="exactly_once")
-                    deliver_done.set()
+    async def serve() -> None:
+        async for message in far:
+            if message.is_request:
+                await message.reply({"echo": message.data})
 
-                nursery.start_soon(deliver)
-                assert (await far.receive()).data == "exactly once over the overlay"
-                with trio.fail_after(10):
-                    await deliver_done.wait()  # the acknowledgement came back over the overlay
-                nursery.start_soon(serve)
-                reply = await sender.request("far", 42, timeout=10)
-                assert reply.data == {"echo": 42} and reply.source == f"phoenix://{host.id}/far"
-                stats = sender.overlay.statistics()
-                assert stats["routed_sent"] >= 3 and stats["router"]["sent"] >= 3
-                assert host.overlay.statistics()["routed_received"] >= 3
-                nursery.cancel_scope.cancel()
+    await sender.send(far.id, "routed at most once", delivery="at_most_once")
+    assert (await far.receive()).data == "routed at most once"
+    deliver_done = trio.Event()
+
+    async def deliver() -> None:
+        await sender.deliver(far.id, "exactly once over the overlay", delivery="exactly_once")
+        deliver_done.set()
+
+    nursery.start_soon(deliver)
+    assert (await far.receive()).data == "exactly once over the overlay"
+    with trio.fail_after(10):
+        await deliver_done.wait()  # the acknowledgement came back over the overlay
+    nursery.start_soon(serve)
+    reply = await sender.request(far.id, 42, timeout=10)
+    assert reply.data == {"echo": 42} and reply.source == f"phoenix://{host.id}/{far.id}"
+    stats = sender.overlay.statistics()
+    assert stats["routed_sent"] >= 3 and stats["router"]["sent"] >= 3
+    assert host.overlay.statistics()["routed_received"] >= 3
+    nursery.cancel_scope.cancel()
 
 
 async def test_a_leaving_node_is_replaced_and_its_agents_withdrawn() -> None:
@@ -195,6 +204,11 @@ async def test_configuration_and_calls_that_need_an_overlay() -> None:
         with pytest.raises(NodeUnreachable, match="no overlay route"):
             await solo.request("ghost", 1, timeout=10)
         assert solo.overlay.statistics()["route_failures"] == 1
+        # Pub-sub tables travel between directly connected nodes only: refused, not silently partial.
+        with pytest.raises(LocalProtocolError, match="broadcast_overlay"):
+            await solo.publish("metrics.cpu", 1)
+        with pytest.raises(LocalProtocolError, match="full-mesh"):
+            solo.subscribe("metrics.#")
 
 
 async def test_links_to_new_neighbours_and_membership_events() -> None:
