@@ -29,6 +29,8 @@ from ._errors import SecurityError as SecurityError
 from ._errors import UnsupportedVersion as UnsupportedVersion
 from ._errors import ValidationError as ValidationError
 
+from ._channels import ChannelConfig as ChannelConfig
+from ._channels import configure_channels as configure_channels
 from ._causal import CausalDelivery as CausalDelivery
 from ._causal import CausalGap as CausalGap
 from ._causal import CausalOrderOverflow as CausalOrderOverflow
@@ -45,6 +47,9 @@ from ._node import MemberView as MemberView
 from ._node import Node as Node
 from ._node import NodeConfig as NodeConfig
 from ._node import open_node as open_node
+from ._overlay_runtime import OverlayConfig as OverlayConfig
+from ._overlay_runtime import OverlayMessage as OverlayMessage
+from ._overlay_runtime import OverlayRuntime as OverlayRuntime
 from ._pipeline import DEAD_LETTER_TYPE as DEAD_LETTER_TYPE
 from ._pipeline import METRIC_TYPE as METRIC_TYPE
 from ._pipeline import PIPELINE_TYPE as PIPELINE_TYPE
@@ -84,6 +89,8 @@ from ._transport import InProcessTransport as InProcessTransport
 from ._transport import TcpTransport as TcpTransport
 from ._transport import Transport as Transport
 from ._service import ServiceStatistics as ServiceStatistics
+from .overlay import configure_overlay as configure_overlay
+from .overlay import start_gossip_protocol as start_gossip_protocol
 from .raft import open_raft as open_raft
 from .raft import open_total_order_group as open_total_order_group
 from ._message import EXTENSION_ATTRIBUTES as EXTENSION_ATTRIBUTES

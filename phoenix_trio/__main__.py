@@ -31,6 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     node.add_argument("--data-dir", default=None, help="durable state (exactly-once log, journals)")
     node.add_argument("--fsync", default="interval", choices=["interval", "always", "never"])
     node.add_argument("--log-level", default="WARNING")
+    node.add_argument("--overlay", choices=["hyparview", "client_server", "tree"], help="run an overlay instead of the full mesh")
+    node.add_argument("--overlay-option", action="append", default=[], metavar="KEY=VALUE", help="configure_overlay option (repeatable)")
+    node.add_argument("--gossip", action="store_true", help="run the gossip pattern over the overlay")
+    node.add_argument("--gossip-option", action="append", default=[], metavar="KEY=VALUE", help="start_gossip_protocol option (repeatable)")
+    node.add_argument("--idle-timeout", type=float, default=5.0, help="overlay: close idle links to non-neighbours after this long")
+    node.add_argument("--commands", action="store_true", help="read JSON commands from stdin (broadcast, gossip, send, request, stats)")
     from .raft._cli import add_parser as add_raft_parser
 
     add_raft_parser(commands)

@@ -8,13 +8,23 @@ Writing batches: senders append messages to a bounded pending list and return. T
 writer takes everything pending at once, encodes it into as few frames as possible and
 writes them with one ``send_all``; while that write is in progress the next batch
 builds up. So the batch size follows the load: one message when idle, hundreds under
-pressure, with no timer adding latency. When the pending list is full, senders wait
-(or get :class:`~phoenix_trio.Backpressure` if they asked not to wait). When nothing
+pressure, with no timer adding latency. When the pending list is full (``max_pending``
+messages, or ``max_pending_bytes`` of large payloads: a stream of 1 MiB messages queues
+a few of them, not thousands), senders wait (or get :class:`~phoenix_trio.Backpressure`
+if they asked not to wait). When nothing
 has been written for a heartbeat interval, the writer sends a heartbeat.
 
 Reading: the reader feeds received bytes to the protocol and hands events to the node,
 which may block on a full inbox; the reader then stops reading and TCP's window closes
 on the sender: backpressure end to end.
+
+Overlay messages (overlay mode) queue separately and go out as overlay frames after the
+control frames of the same write. :meth:`Connection.finish` is the orderly close the
+overlay and the parallel channels use: nothing new is accepted, everything queued is
+written, then a GOODBYE as the very last frame, and the connection closes once the peer
+closes its side (or after ``FINISH_TIMEOUT``). A connection may be told to wait for a
+predecessor (``waits_for``): it then hands no event to the node before the predecessor
+has finished, which keeps one peer's messages in order across successive connections.
 """
 
 from __future__ import annotations
@@ -33,23 +43,41 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 256 * 1024
-MAX_CONTROL_BYTES = 16 * 1024 * 1024
-DIRECT_WRITE_TIMEOUT = 2.0  # seconds a direct (unqueued) write may take before the connection is cut  # service traffic buffered per peer before senders wait
+MAX_CONTROL_BYTES = 16 * 1024 * 1024  # service traffic buffered per peer before senders wait
+DIRECT_WRITE_TIMEOUT = 2.0  # seconds a direct (unqueued) write may take before the connection is cut
+FINISH_TIMEOUT = 2.0  # after its GOODBYE, a finishing connection waits this long for the peer to close
+LARGE_PAYLOAD = 4096  # payloads from this size count against max_pending_bytes
+_SIZED = (bytes, str, bytearray, memoryview)
+
+
+def _large_size(entry: tuple[Any, ...]) -> int:
+    """The payload size of a queued send entry when it is large, else 0 (cheap: the hot path)."""
+    if len(entry) >= 6:
+        data = entry[1]
+        if data.__class__ in _SIZED:
+            size = len(data)
+            if size >= LARGE_PAYLOAD:
+                return size
+    return 0
 
 
 class Connection:
     """See the module docstring."""
 
-    def __init__(self, node: Node, stream: trio.abc.Stream, *, outbound: bool, via: tuple[str, int] | None = None) -> None:
+    def __init__(
+        self, node: Node, stream: trio.abc.Stream, *, outbound: bool, via: tuple[str, int] | None = None, hello: Hello | None = None
+    ) -> None:
         self.node = node
         self.stream = stream
-        self.protocol = PeerProtocol(node._hello, max_frame=node.config.max_frame)
+        self.protocol = PeerProtocol(hello or node._hello, max_frame=node.config.max_frame)
         self.outbound = outbound
         self.via = via
         self.peer: Hello | None = None
         self.closed = False
         self.close_reason = ""
         self.max_pending = node.config.max_pending
+        self.max_pending_bytes = node.config.max_pending_bytes
+        self._pending_bytes = 0  # large payloads in _pending (see _large_size)
         # Entries: (message, flags) or (template, data, subject, trace parent, correlation id, flags).
         self._pending: list[tuple[Any, ...]] = []
         self._control: list[bytes] = []
@@ -65,6 +93,21 @@ class Connection:
         self._send_lock = trio.StrictFIFOLock()  # one send_all at a time: the writer's or a direct one
         self._cancel_scope: trio.CancelScope | None = None
         self._early_events: list[object] = []
+        # Overlay mode and parallel channels (see the module docstring).
+        self._overlay: list[bytes] = []
+        self._overlay_addresses: dict[str, tuple[str, int]] = {}
+        self._finishing: str | None = None
+        self.finished = trio.Event()  # set once no further event from this connection reaches the node
+        self.waits_for: Connection | None = None
+        self.last_heard = 0.0
+        self.stalled = False  # the node stopped reading from it (a full inbox or service)
+        self.peer_finished = False  # the peer closed it in order (GOODBYE)
+        self.overlay_sent = 0
+        self.lanes_refused = False  # a primary whose peer's lanes could not be opened: everything rides it
+        # Bytes of message data per write (at least one message); None: everything pending.
+        # Set on the lanes of a channel for large messages, so one write (and the peer's
+        # decoding of it) never holds the event loop for long.
+        self.batch_bytes: int | None = None
         self.handshake_done = trio.Event()
         self.messages_sent = 0
         self.frames_written = 0
@@ -75,6 +118,23 @@ class Connection:
     def peer_id(self) -> str:
         assert self.peer is not None
         return self.peer.node_id
+
+    @property
+    def channel(self) -> str:
+        """The channel this connection serves: ``"control"`` for a pair's primary connection."""
+        if self.outbound or self.peer is None:
+            return self.protocol.local.channel
+        return self.peer.channel
+
+    @property
+    def lane(self) -> int:
+        if self.outbound or self.peer is None:
+            return self.protocol.local.lane
+        return self.peer.lane
+
+    @property
+    def finishing(self) -> bool:
+        return self._finishing is not None
 
     @property
     def initiator(self) -> str:
@@ -125,6 +185,7 @@ class Connection:
                 nursery.cancel_scope.cancel()
         finally:
             self._mark_closed(self.close_reason or "closed")
+            self.finished.set()
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(self.stream)
 
@@ -152,6 +213,9 @@ class Connection:
 
     async def _reader(self) -> None:
         node = self.node
+        if self.waits_for is not None:  # keep the peer's messages in order across connections
+            await self.waits_for.finished.wait()
+            self.waits_for = None
         for event in self._early_events:
             await node._on_peer_event(self, event)
         self._early_events = []
@@ -171,10 +235,15 @@ class Connection:
         stream = self.stream
         protocol = self.protocol
         while True:
-            if not self._pending and not self._control and not self._alo_acks and not self._eo_acks:
+            if not self._pending and not self._control and not self._alo_acks and not self._eo_acks and not self._overlay:
+                if self._finishing is not None:
+                    await self._write_goodbye()
+                    return
                 with trio.move_on_after(interval):
                     await self._writer_lot.park()
-                if not self._pending and not self._control and not self._alo_acks and not self._eo_acks:
+                if not self._pending and not self._control and not self._alo_acks and not self._eo_acks and not self._overlay:
+                    if self._finishing is not None:
+                        continue
                     async with self._send_lock:
                         await stream.send_all(protocol.heartbeat())
                     self.frames_written += 1
@@ -190,8 +259,17 @@ class Connection:
             self._control_bytes = 0
             if self._control_lot:
                 self._control_lot.unpark_all()
+            if self._overlay:
+                self.overlay_sent += len(self._overlay)
+                chunks.append(protocol.overlay(self._overlay, self._overlay_addresses))
+                self._overlay = []
+                self._overlay_addresses = {}
             entries = self._pending
-            self._pending = []
+            if self.batch_bytes is not None and len(entries) > 1:
+                entries = self._take_budget(entries)
+            else:
+                self._pending = []
+                self._pending_bytes = 0
             if self._space_lot:
                 self._space_lot.unpark_all()
             if entries:
@@ -209,6 +287,55 @@ class Connection:
             if self._drain_lot and not self._pending and not self._control:
                 self._drain_lot.unpark_all()
 
+    def _take_budget(self, entries: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        budget = self.batch_bytes or 0
+        size = 0
+        taken = 0
+        for entry in entries:
+            data = entry[1] if len(entry) >= 6 else getattr(entry[0], "data", None)
+            size += len(data) if data.__class__ in (bytes, str, bytearray) else 64
+            taken += 1
+            if size >= budget:
+                break
+        self._pending = entries[taken:]
+        self._pending_bytes = sum(_large_size(entry) for entry in self._pending)
+        return entries[:taken]
+
+    async def _write_goodbye(self) -> None:
+        """The last frame of a finishing connection; then wait for the peer to close its side."""
+        async with self._send_lock:
+            await self.stream.send_all(self.protocol.goodbye(self._finishing or "finished"))
+        self.frames_written += 1
+        if self._drain_lot:
+            self._drain_lot.unpark_all()
+        with trio.move_on_after(FINISH_TIMEOUT):
+            await trio.sleep_forever()  # the reader ends at the peer's EOF, which cancels us
+        self.close_reason = self.close_reason or f"finished: {self._finishing}"
+
+    def finish(self, reason: str) -> None:
+        """Close in order: write everything queued, then a GOODBYE, then close when the peer does."""
+        if self.closed or self._finishing is not None:
+            return
+        self._finishing = reason
+        self.close_reason = self.close_reason or f"finished: {reason}"
+        if self._writer_lot:
+            self._writer_lot.unpark_all()
+
+    def send_overlay(self, message: bytes, addresses: dict[str, tuple[str, int]] | None = None) -> bool:
+        """Queue one encoded overlay message (and the addresses it mentions); False once closing."""
+        if self.closed or self._finishing is not None:
+            return False
+        self._overlay.append(message)
+        if addresses:
+            self._overlay_addresses.update(addresses)
+        if self._writer_lot:
+            self._writer_lot.unpark_all()
+        return True
+
+    @property
+    def overlay_pending(self) -> int:
+        return len(self._overlay)
+
     async def send_now(self, entry: tuple[Any, ...]) -> bool:
         """Write one entry from the caller's task when nothing else is waiting to go.
 
@@ -225,6 +352,8 @@ class Connection:
             or self._control
             or self._alo_acks
             or self._eo_acks
+            or self._overlay
+            or self._finishing is not None
             or self._send_lock.locked()
         ):
             return False
@@ -266,10 +395,15 @@ class Connection:
 
     def try_enqueue(self, entry: tuple[Any, ...]) -> bool:
         """Queue an entry for the writer; False when the pending list is full."""
-        if self.closed:
+        if self.closed or self._finishing is not None:
             raise NodeUnreachable(self.peer.node_id if self.peer else "?", self.close_reason or "connection closed")
         if len(self._pending) >= self.max_pending:
             return False
+        size = _large_size(entry)
+        if size:
+            if self._pending and self._pending_bytes + size > self.max_pending_bytes:
+                return False
+            self._pending_bytes += size
         self._pending.append(entry)
         if self._writer_lot:
             self._writer_lot.unpark_all()
@@ -283,7 +417,7 @@ class Connection:
             await self._space_lot.park()
 
     def send_control(self, data: bytes) -> None:
-        if self.closed:
+        if self.closed or self._finishing is not None:
             return
         self._control.append(data)
         self._control_bytes += len(data)
@@ -338,6 +472,7 @@ class Connection:
     def take_pending(self) -> list[tuple[Any, ...]]:
         """Hand over unsent entries (to a connection replacing this one)."""
         entries, self._pending = self._pending, []
+        self._pending_bytes = 0
         return entries
 
     async def goodbye_now(self, reason: str, timeout: float = 0.5) -> None:
@@ -377,6 +512,8 @@ class Connection:
     def _mark_closed(self, reason: str) -> None:
         if self.closed:
             return
+        if self._cancel_scope is None:  # never ran: nothing of it reaches the node
+            self.finished.set()
         self.closed = True
         self.close_reason = self.close_reason or reason
         self._writer_lot.unpark_all()
@@ -388,7 +525,10 @@ class Connection:
         return {
             "peer": self.peer.node_id if self.peer else None,
             "outbound": self.outbound,
+            "channel": self.channel,
+            "lane": self.lane,
             "pending": len(self._pending),
+            "pending_bytes": self._pending_bytes,
             "messages_sent": self.messages_sent,
             "messages_received": self.protocol.messages_received,
             "frames_written": self.frames_written,

@@ -36,14 +36,17 @@ import trio
 
 from ._balancer import LoadBalancer
 from ._breaker import BreakerConfig, CircuitBreaker
+from ._channels import PRIMARY, ChannelConfig
 from ._connection import Connection
 from ._directory import Directory
 from ._errors import (
+    PhoenixError,
     AgentNotFound,
     Backpressure,
     CircuitOpen,
     ConfigurationError,
     DecodeError,
+    LocalProtocolError,
     DeliveryFailed,
     EncodeError,
     NodeUnreachable,
@@ -71,6 +74,7 @@ from ._retry import RetryPolicy
 from ._service import Service
 from ._transport import BroadcastResult, InProcessTransport, TcpTransport, Transport, _broadcast
 from ._membership import Connect, Disconnect, MemberEvent, MemberInfo, Membership, MembershipConfig
+from ._overlay_runtime import OverlayMessage, OverlayRuntime, check_overlay_call, overlay_config
 from ._message import (
     EMPTY,
     SPECVERSION,
@@ -99,6 +103,7 @@ from ._peer_protocol import (
     Heartbeat,
     Hello,
     Members,
+    OverlayBatch,
     PeerError,
     RequestFailed,
     ServicePayload,
@@ -169,7 +174,8 @@ class NodeConfig:
     handshake_timeout: float = 5.0
     connect_timeout: float = 2.0
     request_timeout: float = 5.0
-    max_pending: int = 8192
+    max_pending: int = 8192  # messages queued per connection before senders wait
+    max_pending_bytes: int = 8 * 1024 * 1024  # and bytes of large payloads (>= 4 KiB each) queued per connection
     max_frame: int = 16 * 1024 * 1024
     inbox_capacity: int = 1024
     cluster: str = "phoenix"
@@ -185,6 +191,11 @@ class NodeConfig:
     retry_cap: float = 10.0  # longest backoff, seconds
     security: SecurityContext | None = None  # see phoenix_trio.security and docs/security.md
     tls: TlsConfig | None = None  # security.configure_tls(...): peer connections over TLS
+    channels: ChannelConfig | None = None  # parallel channels (phoenix_trio._channels); None: one connection per peer
+    # The overlay instead of the full mesh (phoenix_trio._overlay_runtime, docs/overlay.md):
+    # overlay.configure_overlay(...) or an OverlayConfig; gossip: overlay.start_gossip_protocol(...).
+    overlay: Any = None
+    gossip: Any = None
 
 
 class _Receipt:
@@ -434,6 +445,10 @@ class Node:
         self.transports: dict[str, Transport] = {"in-process": InProcessTransport(self), "tcp": TcpTransport(self)}
         self._connections: dict[str, Connection] = {}
         self._all_connections: set[Connection] = set()
+        self._channels = config.channels
+        self._lanes_out: dict[tuple[str, str, int], Connection] = {}  # (peer, channel, lane) -> connection we dialled
+        self._lanes_in: dict[tuple[str, str, int], Connection] = {}  # (peer, channel, lane) -> connection the peer dialled
+        self._lane_dials: dict[tuple[str, str, int], trio.Event] = {}
         self._pending_requests: dict[str, _PendingRequest] = {}
         self._pending_acks: dict[str, _PendingAcks] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
@@ -444,6 +459,8 @@ class Node:
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._membership: Membership | None = None
+        self._overlay_config = overlay_config(config.overlay, config.gossip)
+        self._overlay: OverlayRuntime | None = None
         self._hello: Hello | None = None
         self._timer_deadline = math.inf
         self._timer_wakeup = trio.lowlevel.ParkingLot()
@@ -482,8 +499,13 @@ class Node:
             self.address[0],
             self.address[1],
             self.config.cluster,
-            ("lz4", "templates") if self.config.compression else ("templates",),
+            ("lz4", "templates", "overlay")
+            if self._overlay_config is not None
+            else ("lz4", "templates") if self.config.compression else ("templates",),
         )
+        if self._overlay_config is not None:
+            await self._start_overlay(nursery)
+            return
         self._membership = Membership(
             MemberInfo(self.id, self.address, self.incarnation),
             self._seeds,
@@ -504,13 +526,30 @@ class Node:
         await nursery.start(self.pubsub.run)
         self._apply(self._membership.start(trio.current_time()))
 
+    async def _start_overlay(self, nursery: trio.Nursery) -> None:
+        assert self._overlay_config is not None
+        if self.config.data_dir is not None:
+            log, taken = DedupLog.open(self.config.data_dir, fsync=self.config.fsync)  # type: ignore[arg-type]
+            self._dedup_log = log
+            self._eo_streams = ExactlyOnceStreams(taken, window=self.config.dedup_window, now=trio.current_time())
+            nursery.start_soon(self._sync_loop)
+        nursery.start_soon(self._retransmit_loop)
+        self._overlay = OverlayRuntime(self, self._overlay_config, self._seeds)
+        await nursery.start(self._overlay.run)
+
     async def _stop(self) -> None:
+        if self._overlay is not None:
+            self._overlay.leave()  # DISCONNECT(leaving) to the neighbours, queued before the GOODBYEs
         self.closed = True
         with trio.CancelScope(shield=True):
             with trio.move_on_after(1.0):
                 async with trio.open_nursery() as nursery:
                     for connection in list(self._all_connections):
-                        nursery.start_soon(connection.close_gracefully, "node shutting down")
+                        if self._overlay is not None:
+                            connection.finish("node shutting down")  # GOODBYE after everything queued
+                            nursery.start_soon(connection.finished.wait)
+                        else:
+                            nursery.start_soon(connection.close_gracefully, "node shutting down")
         for pending in self._pending_requests.values():
             pending.error = NodeUnreachable(self.id, "local node closed")
             pending.event.set()
@@ -589,15 +628,23 @@ class Node:
         pattern: str,
         binary: bool,
         tracked: bool = True,
+        channel: str | None = None,
     ) -> SendTemplate:
         """The shared envelope for these parameters. ``tracked=False`` turns off the
         transport's acknowledgements and retries (request-response: the reply is the
-        acknowledgement, a lost request surfaces as a timeout)."""
-        key = (type_, source, target, delivery, priority, pattern, binary, tracked)
+        acknowledgement, a lost request surfaces as a timeout). ``channel``: the parallel
+        channel asked for (see :mod:`phoenix_trio._channels`)."""
+        key = (type_, source, target, delivery, priority, pattern, binary, tracked, channel)
         template = self._send_templates.get(key)
         if template is not None:
             return template
         validate_type(type_)
+        if channel is None and self._channels is not None and self._channels.types:
+            channel = self._channels.for_type(type_)
+        if channel is not None:
+            if self._channels is None:
+                raise ConfigurationError("channel= needs a node opened with channels=")
+            self._channels.parallelism(channel)  # raises for an unknown channel
         traits = message_characteristics(type_)
         if delivery is None:
             guarantee = DeliveryGuarantee.build(traits.delivery, ordering=traits.ordering)
@@ -616,6 +663,7 @@ class Node:
             QoSRequirements(priority=routing.priority, consistency=traits.consistency),
             mode=mode,
             policy=RetryPolicy.from_guarantee(guarantee, base=self.config.retry_base, cap=self.config.retry_cap) if mode else None,
+            channel=channel,
         )
         if len(self._send_templates) >= 4096:
             self._send_templates.clear()
@@ -664,6 +712,7 @@ class Node:
         delivery: str | DeliveryGuarantee | None = None,
         priority: str | None = None,
         wait: bool = True,
+        channel: str | None = None,
     ) -> None:
         """Send ``data`` to agent or group ``target``; returns once a transport accepted it.
 
@@ -672,7 +721,8 @@ class Node:
         :class:`~phoenix_trio.Backpressure` instead of waiting. Raises
         :class:`~phoenix_trio.AgentNotFound`, :class:`~phoenix_trio.NodeUnreachable` or
         :class:`~phoenix_trio.CircuitOpen`. A cancellation point; yields to the scheduler
-        at least every few hundred calls.
+        at least every few hundred calls. ``channel``: the parallel channel to use (a node
+        opened with ``channels=``; see :mod:`phoenix_trio._channels`).
         """
         if data.__class__ not in _WIRE_TYPES:
             _check_encodable(data)
@@ -680,7 +730,7 @@ class Node:
             await self._flow_send(self._flows[target], (type, source, delivery, priority, data, _current_trace.get()), wait)
             return
         agent_id, node = self._route(target)
-        template = self._template(type, source, agent_id, delivery, priority, "point_to_point", data.__class__ is bytes)
+        template = self._template(type, source, agent_id, delivery, priority, "point_to_point", data.__class__ is bytes, True, channel)
         await self._deliver(agent_id, node, template, data, None, 0, wait)
 
     # -- flow control ------------------------------------------------------------------------
@@ -795,6 +845,7 @@ class Node:
         type: str = DIRECT_TYPE,
         source: str | None = None,
         priority: str | None = None,
+        channel: str | None = None,
     ) -> None:
         """Send and wait until the receiving node acknowledges the delivery (the design's ``deliver``).
 
@@ -806,7 +857,7 @@ class Node:
         if data.__class__ not in _WIRE_TYPES:
             _check_encodable(data)
         agent_id, node = self._route(target)
-        template = self._template(type, source, agent_id, delivery, priority, "point_to_point", data.__class__ is bytes)
+        template = self._template(type, source, agent_id, delivery, priority, "point_to_point", data.__class__ is bytes, True, channel)
         receipt = _Receipt() if template.mode and node is not None else None
         await self._deliver(agent_id, node, template, data, None, 0, True, receipt=receipt)
         if receipt is not None:
@@ -888,9 +939,16 @@ class Node:
             await self._deliver_reliably(agent_id, node, template, data, correlation_id, flags, wait, receipt)
             await self._after_send()
             return
-        connection = self._connections.get(node)
+        if self._channels is None:
+            connection = self._connections.get(node)
+        else:
+            connection = await self._channel_connection(node, agent_id, template.channel, data, False, wait)
         if connection is None or connection.closed:
-            raise NodeUnreachable(node, "not connected")
+            if self._overlay is None:
+                raise NodeUnreachable(node, "not connected")
+            self._overlay.route_entry(node, (template, data, agent_id, _current_trace.get(), correlation_id, flags))
+            await self._after_send()
+            return
         entry = (template, data, agent_id, _current_trace.get(), correlation_id, flags)
         if self.security is not None:
             entry = self.security.outgoing(entry)
@@ -928,7 +986,10 @@ class Node:
         if item.deadline < self._retransmit_deadline:
             self._retransmit_deadline = item.deadline
             self._retransmit_wakeup.unpark_all()
-        connection = self._connections.get(node)
+        if self._channels is None:
+            connection = self._connections.get(node)
+        else:
+            connection = await self._channel_connection(node, agent_id, template.channel, None, True, wait)
         if connection is not None and not connection.closed:
             if self.security is not None:
                 entry = self.security.outgoing(entry)  # each transmission gets a fresh nonce
@@ -937,6 +998,8 @@ class Node:
                     await connection.enqueue(entry, wait=wait)
                 except NodeUnreachable:
                     pass  # tracked: it goes out again when the node is back
+        elif self._overlay is not None:
+            self._overlay.route_entry(node, entry)  # not a neighbour: over overlay routes, acknowledged the same way
         # Not connected (the node is restarting, or unreachable for now): tracked all the
         # same, and sent again when the retry timer fires and the node is back.
 
@@ -956,10 +1019,13 @@ class Node:
             if flags & FLAG_ACK:
                 self._on_ack(message.correlation_id, agent_id)
         else:
-            connection = self._connections.get(node)
-            if connection is None or connection.closed:
-                raise NodeUnreachable(node, "not connected")
             mode_flag = _MODE_FLAGS.get(message.delivery.delivery_mode, 0) if message.delivery is not None else 0
+            if self._channels is None:
+                connection = self._connections.get(node)
+            else:
+                connection = await self._channel_connection(node, agent_id, None, message.data, mode_flag != 0, wait)
+            if (connection is None or connection.closed) and self._overlay is None:
+                raise NodeUnreachable(node, "not connected")
             if mode_flag:
                 mode = ALO if mode_flag == FLAG_ALO else EO
                 tracker = self._tracker
@@ -975,10 +1041,14 @@ class Node:
                 receipt = None
             else:
                 entry = (message, flags)
-            if self.security is not None:
-                entry = self.security.outgoing(entry)
-            if not connection.try_enqueue(entry):
-                await connection.enqueue(entry, wait=wait)
+            if connection is None or connection.closed:
+                assert self._overlay is not None
+                self._overlay.route_entry(node, entry)
+            else:
+                if self.security is not None:
+                    entry = self.security.outgoing(entry)
+                if not connection.try_enqueue(entry):
+                    await connection.enqueue(entry, wait=wait)
         if receipt is not None:
             receipt.succeed()  # nothing further to wait for: in an inbox here, or sent at most once
         await self._after_send()
@@ -1010,6 +1080,7 @@ class Node:
         source: str | None = None,
         delivery: str | DeliveryGuarantee | None = None,
         priority: str | None = None,
+        channel: str | None = None,
     ) -> Message:
         """Send a request and wait for its reply (the reply Message is returned).
 
@@ -1021,7 +1092,7 @@ class Node:
         timeout = self.config.request_timeout if timeout is None else timeout
         agent_id, node = self._route(target)
         correlation_id = new_id()
-        template = self._template(type, source, agent_id, delivery, priority, "request_response", data.__class__ is bytes, False)
+        template = self._template(type, source, agent_id, delivery, priority, "request_response", data.__class__ is bytes, False, channel)
         pending = _PendingRequest(agent_id, node)
         self._pending_requests[correlation_id] = pending
         breaker = self._breaker(agent_id)
@@ -1067,6 +1138,7 @@ class Node:
         return "closed" if breaker is None else breaker.state(trio.current_time())
 
     def _reply_template(self, request: Message, data: Any, options: dict[str, Any]) -> SendTemplate:
+        # A reply's channel (reply(..., channel=)) is chosen by the responder, not kept in the template.
         return self._template(
             options.get("type", REPLY_TYPE),
             node_uri(self.id, request.subject or "?"),
@@ -1089,9 +1161,17 @@ class Node:
 
             async def responder(request: Message, data: Any, options: dict[str, Any]) -> None:
                 template = self._reply_template(request, data, options)
-                connection = self._connections.get(node_id)
+                if self._channels is None:
+                    connection = self._connections.get(node_id)
+                else:
+                    connection = await self._channel_connection(node_id, request.source, options.get("channel"), data, False, True)
                 if connection is None or connection.closed:
-                    raise NodeUnreachable(node_id, "requester's node is gone")
+                    if self._overlay is None:
+                        raise NodeUnreachable(node_id, "requester's node is gone")
+                    entry = (template, data, request.source, _current_trace.get(), request.correlation_id, FLAG_REPLY)
+                    self._overlay.route_entry(node_id, entry)
+                    await trio.lowlevel.checkpoint()
+                    return
                 entry = (template, data, request.source, _current_trace.get(), request.correlation_id, FLAG_REPLY)
                 if self.security is not None:
                     entry = self.security.outgoing(entry)
@@ -1182,11 +1262,22 @@ class Node:
         wait: bool = True,
     ) -> Awaitable[None]:
         """``await node.publish(topic, event)``: see :meth:`PubSub.publish <phoenix_trio.PubSub.publish>`."""
+        self._check_full_mesh("publish")
         return self.pubsub.publish(topic, event, fanout, source, type, wait)
 
     def subscribe(self, topic_pattern: str, **options: Any) -> AbstractAsyncContextManager[Subscription]:
         """``async with node.subscribe(pattern, ...) as subscription``: see :meth:`PubSub.subscribe <phoenix_trio.PubSub.subscribe>`."""
+        self._check_full_mesh("subscribe")
         return self.pubsub.subscribe(topic_pattern, **options)
+
+    def _check_full_mesh(self, call: str) -> None:
+        # Interest tables travel between directly connected nodes; an overlay node is
+        # connected to its neighbours only, so publications would silently miss the rest.
+        if self._overlay is not None:
+            raise LocalProtocolError(
+                f"{call}: pub-sub runs on full-mesh nodes; an overlay node spreads data with "
+                "broadcast_overlay() (Plumtree) or gossip() instead"
+            )
 
     def unsubscribe(self, topic_pattern: str, *, subscriber: str | None = None) -> int:
         """Close this node's subscriptions to ``topic_pattern`` (of ``subscriber``); returns how many."""
@@ -1208,7 +1299,16 @@ class Node:
 
     @property
     def members(self) -> dict[str, MemberView]:
-        """Every node this one knows, with its status (alive, suspect, dead, left)."""
+        """Every node this one knows, with its status (alive, suspect, dead, left).
+
+        Overlay mode: the overlay neighbours (HyParView's active view), all alive.
+        """
+        if self._overlay is not None:
+            overlay = self._overlay
+            return {
+                peer: MemberView(peer, overlay.addresses.get(peer, ("", 0)), overlay._incarnations.get(peer, 0), "alive", peer in self._connections)
+                for peer in overlay.neighbors()
+            }
         assert self._membership is not None
         return {
             m.node_id: MemberView(m.node_id, m.address, m.incarnation, m.status, m.connected)
@@ -1216,6 +1316,8 @@ class Node:
         }
 
     def alive_members(self) -> list[str]:
+        if self._overlay is not None:
+            return sorted(self._overlay.neighbors())
         assert self._membership is not None
         return sorted(self._membership.alive())
 
@@ -1245,8 +1347,41 @@ class Node:
         await self.wait_for(lambda: agent_id in self._inboxes or agent_id in self.directory.remote, timeout=timeout)
 
     async def wait_for_members(self, count: int, *, timeout: float = 10.0) -> None:
-        """Wait until ``count`` other nodes are alive and connected."""
+        """Wait until ``count`` other nodes are alive and connected (overlay mode: neighbours)."""
+        if self._overlay is not None:
+            overlay = self._overlay
+            await self.wait_for(lambda: len(overlay.neighbors()) >= count, timeout=timeout)
+            return
         await self.wait_for(lambda: len(self._connections) >= count, timeout=timeout)
+
+    # -- the overlay (overlay mode: open_node(..., overlay=configure_overlay(...))) ----------------
+
+    @property
+    def overlay(self) -> OverlayRuntime | None:
+        """The overlay driver (``neighbors()``, ``passive_view()``, ``statistics()``), or None for a full mesh."""
+        return self._overlay
+
+    async def broadcast_overlay(self, data: Any) -> bytes:
+        """Plumtree-broadcast ``data`` (anything MessagePack encodes) to every node of the overlay.
+
+        Returns the message id. Every node's :meth:`watch_overlay` gets it once, as an
+        :class:`OverlayMessage` of kind ``"broadcast"`` (this node's too). Best effort:
+        a node that is cut off while it travels does not get it later (gossip does).
+        """
+        return await check_overlay_call(self).broadcast(data)
+
+    async def gossip(self, data: Any, *, ttl: float | None = None) -> bytes:
+        """Gossip ``data`` (the design's ``gossip_message``): pushed in rounds until ``ttl``, with
+        anti-entropy, so nodes cut off by a partition catch up once it heals. Needs ``gossip=``."""
+        return await check_overlay_call(self).gossip(data, ttl=ttl)
+
+    @asynccontextmanager
+    async def watch_overlay(self, *, buffer: int = 1024) -> AsyncIterator[trio.MemoryReceiveChannel[Any]]:
+        """Overlay events: :class:`OverlayMessage` deliveries, ``NeighborUp``, ``NeighborDown``,
+        ``JoinFailed`` and ``RouteFailed`` (from :mod:`phoenix_trio.overlay`). Dropped for a
+        watcher that lets ``buffer`` of them pile up."""
+        async with check_overlay_call(self).watch(buffer=buffer) as events:
+            yield events
 
     def _notify_changed(self) -> None:
         self._routes.clear()
@@ -1329,11 +1464,20 @@ class Node:
             for action in tracker.due(trio.current_time()):
                 if isinstance(action, Resend):
                     item = action.item
-                    connection = self._connections.get(item.node)
+                    if self._channels is None:
+                        connection = self._connections.get(item.node)
+                    else:
+                        connection = self._lane_now(item.node, item.agent, self._entry_channel(item.entry), None, True)
                     if connection is not None and not connection.closed:
                         entry = item.entry if self.security is None else self.security.outgoing(item.entry)
                         if connection.try_enqueue(entry):
                             self.stats["retransmitted"] += 1
+                    elif self._overlay is not None:
+                        try:
+                            self._overlay.route_entry(item.node, item.entry)
+                            self.stats["retransmitted"] += 1
+                        except (PhoenixError, ValueError) as exc:
+                            log.debug("retransmission to %s over the overlay failed: %s", item.node, exc)
                 else:
                     self._delivery_failed(action.item, action.reason)
             if self._tracker_room:
@@ -1384,10 +1528,116 @@ class Node:
             if log_.needs_compaction(len(live)):
                 log_.compact(live)
 
+    # -- parallel channels (see _channels.py) -----------------------------------------------
+
+    def _lane_now(self, node: str, agent_id: str, asked: str | None, data: Any, tracked: bool) -> Connection | None:
+        """The connection for a message right now, without waiting for a lane to open."""
+        assert self._channels is not None
+        primary = self._connections.get(node)
+        name = self._channels.choose(asked, data, tracked)
+        if name == PRIMARY or primary is None or primary.closed or primary.lanes_refused:
+            return primary
+        lane = self._lanes_out.get((node, name, self._channels.lane(name, agent_id)))
+        return lane if lane is not None and not lane.closed and not lane.finishing else primary
+
+    async def _channel_connection(
+        self, node: str, agent_id: str, asked: str | None, data: Any, tracked: bool, wait: bool
+    ) -> Connection | None:
+        """The connection that carries this message (opening its lane first if needed)."""
+        channels = self._channels
+        assert channels is not None
+        primary = self._connections.get(node)
+        name = channels.choose(asked, data, tracked)
+        if name == PRIMARY or primary is None or primary.closed or primary.lanes_refused:
+            return primary
+        key = (node, name, channels.lane(name, agent_id))
+        lane = self._lanes_out.get(key)
+        if lane is not None and not lane.closed and not lane.finishing:
+            return lane
+        # Not open yet: wait for it (its messages must not take the primary meanwhile,
+        # or they could overtake each other when the lane comes up).
+        if not wait:
+            raise Backpressure(agent_id, f"channel {name!r} to node {node!r} is connecting")
+        done = self._lane_dials.get(key)
+        if done is None and self._nursery is not None and not self.closed:
+            done = self._lane_dials[key] = trio.Event()
+            self._nursery.start_soon(self._dial_lane, primary, key, done)
+        if done is not None:
+            await done.wait()
+        lane = self._lanes_out.get(key)
+        if lane is not None and not lane.closed and not lane.finishing:
+            return lane
+        return primary  # could not open it: primary.lanes_refused is set, so this stays in order
+
+    @staticmethod
+    def _entry_channel(entry: tuple[Any, ...]) -> str | None:
+        return entry[0].channel if len(entry) >= 6 else None
+
+    async def _dial_lane(self, primary: Connection, key: tuple[str, str, int], done: trio.Event) -> None:
+        """Open one lane to a peer (dialled by this node, which alone sends on it)."""
+        node, name, index = key
+        peer = primary.peer
+        assert peer is not None
+        address = primary.via if primary.outbound and primary.via is not None else (peer.host, peer.port)
+        connection: Connection | None = None
+        try:
+            try:
+                if address[1] == 0:
+                    raise ConnectionRefusedError("the peer accepts no connections")
+                with trio.fail_after(self.config.connect_timeout):
+                    stream: trio.abc.Stream = await trio.open_tcp_stream(*address)
+                if self.config.tls is not None:
+                    stream = await self.config.tls.connect(stream, address[0], self.config.handshake_timeout)
+                connection = Connection(self, stream, outbound=True, via=address, hello=attrs.evolve(self._hello, channel=name, lane=index))
+                if self._channels is not None and name == self._channels.large:
+                    connection.batch_bytes = self._channels.large_threshold
+                self._all_connections.add(connection)
+                hello = await connection.handshake(self.config.handshake_timeout)
+                if self.config.tls is not None:
+                    self.config.tls.check_peer(stream, hello.node_id)
+                if hello.node_id != node or hello.incarnation != peer.incarnation:
+                    raise ProtocolError(f"lane to {node!r} reached {hello.node_id!r} (incarnation {hello.incarnation})")
+            except (ProtocolError, SecurityError, OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                log.warning("channel %s to %s unavailable, using the primary connection: %s", name, node, exc)
+                primary.lanes_refused = True
+                if connection is not None:
+                    await trio.aclose_forcefully(connection.stream)
+                return
+            if primary.closed or self.closed:
+                await trio.aclose_forcefully(connection.stream)
+                return
+            self._lanes_out[key] = connection
+            done.set()
+            await connection.run()
+        finally:
+            done.set()
+            if self._lane_dials.get(key) is done:
+                del self._lane_dials[key]
+            if connection is not None:
+                self._all_connections.discard(connection)
+                if self._lanes_out.get(key) is connection:
+                    del self._lanes_out[key]
+
+    def _register_lane(self, connection: Connection, hello: Hello) -> bool:
+        """Adopt a lane a peer opened to us: receive only, after its predecessor on that lane."""
+        if self.closed:
+            return False
+        key = (hello.node_id, hello.channel, hello.lane)
+        previous = self._lanes_in.get(key)
+        if previous is not None and not previous.closed and previous.peer is not None and previous.peer.incarnation == hello.incarnation:
+            connection.waits_for = previous
+        self._lanes_in[key] = connection
+        return True
+
+    def _close_lanes(self, node_id: str, reason: str) -> None:
+        for lanes in (self._lanes_out, self._lanes_in):
+            for key in [k for k in lanes if k[0] == node_id]:
+                lanes.pop(key).close(reason)
+
     # -- connections ------------------------------------------------------------------------
 
     async def _connect(self, address: Address) -> None:
-        assert self._membership is not None
+        membership = self._membership
         try:
             with trio.fail_after(self.config.connect_timeout):
                 stream: trio.abc.Stream = await trio.open_tcp_stream(*address)
@@ -1395,9 +1645,11 @@ class Node:
                 stream = await self.config.tls.connect(stream, address[0], self.config.handshake_timeout)
         except (OSError, trio.TooSlowError, SecurityError) as exc:
             log.debug("connect to %s:%d failed: %s", *address, exc)
-            self._membership.connect_done(address)
+            if membership is not None:
+                membership.connect_done(address)
             return
-        self._membership.connect_done(address)
+        if membership is not None:
+            membership.connect_done(address)
         await self._run_connection(stream, outbound=True, via=address)
 
     async def _accept(self, socket_stream: trio.SocketStream) -> None:
@@ -1412,6 +1664,7 @@ class Node:
     async def _run_connection(self, stream: trio.abc.Stream, *, outbound: bool, via: Address | None) -> None:
         connection = Connection(self, stream, outbound=outbound, via=via)
         self._all_connections.add(connection)
+        registered = False
         try:
             try:
                 hello = await connection.handshake(self.config.handshake_timeout)
@@ -1428,7 +1681,11 @@ class Node:
                             pass
                 await trio.aclose_forcefully(stream)
                 return
-            if not self._register(connection, hello, via):
+            if hello.channel != PRIMARY:
+                registered = self._register_lane(connection, hello)
+            else:
+                registered = self._register(connection, hello, via)
+            if not registered:
                 if self.closed:
                     await connection.goodbye_now("node shutting down")
                 await trio.aclose_forcefully(stream)
@@ -1436,11 +1693,20 @@ class Node:
             await connection.run()
         finally:
             self._all_connections.discard(connection)
-            if self._connections.get(connection.peer.node_id if connection.peer else "") is connection:
+            if connection.peer is not None and connection.peer.channel != PRIMARY:
+                key = (connection.peer.node_id, connection.peer.channel, connection.peer.lane)
+                if self._lanes_in.get(key) is connection:
+                    del self._lanes_in[key]
+            elif self._overlay is not None:
+                if connection.peer is not None and registered:
+                    self._overlay.connection_closed(connection)
+            elif self._connections.get(connection.peer.node_id if connection.peer else "") is connection:
                 self._unregister(connection, trio.current_time())
 
     def _register(self, connection: Connection, hello: Hello, via: Address | None) -> bool:
         """Adopt a handshaken connection, unless an equivalent one wins the tie-break."""
+        if self._overlay is not None:
+            return self._overlay.register(connection, hello, via)
         assert self._membership is not None
         if self.closed:
             return False
@@ -1470,13 +1736,18 @@ class Node:
         node_id = connection.peer.node_id
         if self._connections.get(node_id) is connection:
             del self._connections[node_id]
+            if self._lanes_out or self._lanes_in:
+                self._close_lanes(node_id, connection.close_reason or "primary connection closed")
             self._fail_node(node_id, connection.close_reason or "connection closed")
             if self._membership is not None and not self.closed:
                 self._apply(self._membership.disconnected(node_id, now))
             self._notify_changed()
 
     def _heard(self, connection: Connection) -> None:
-        if connection.peer is not None and self._membership is not None:
+        if self._membership is None:
+            connection.last_heard = trio.current_time()
+            return
+        if connection.peer is not None:
             member = self._membership.members.get(connection.peer.node_id)
             if member is not None:
                 if member.status == "alive":
@@ -1485,6 +1756,9 @@ class Node:
                     self._apply(self._membership.heard(connection.peer.node_id, trio.current_time()))
 
     def _broadcast_agents(self, updates: list[AgentUpdate]) -> None:
+        if self._overlay is not None:
+            self._overlay.agents_changed()  # versioned, over the overlay
+            return
         for connection in self._connections.values():
             connection.send_control(connection.protocol.agents(False, updates))
 
@@ -1502,6 +1776,9 @@ class Node:
             await self._on_data(connection, event)
         elif isinstance(event, Delivered):
             self._on_delivered(connection, event)
+        elif isinstance(event, OverlayBatch):
+            assert self._overlay is not None  # the protocol refuses overlay frames otherwise
+            await self._overlay.receive(connection, event)
         elif isinstance(event, ServicePayload):
             service = self._services.get(event.name)
             if service is None:
@@ -1519,7 +1796,9 @@ class Node:
                     self.directory.update_remote(node, update.agent_id, update.group, update.up)
             self._notify_changed()
         elif isinstance(event, Members):
-            assert self._membership is not None
+            if self._membership is None:
+                return  # overlay mode: membership comes from the overlay
+
             infos = [MemberInfo(node_id, (host, port), inc) for node_id, host, port, inc in event.members]
             self._apply(self._membership.learned(infos, trio.current_time()))
         elif isinstance(event, Acks):
@@ -1527,6 +1806,13 @@ class Node:
                 self._on_ack(correlation_id, agent_id)
         elif isinstance(event, RequestFailed):
             self._on_request_failed(connection, event)
+        elif isinstance(event, Goodbye) and connection.channel != PRIMARY:
+            connection.close_reason = f"peer closed the lane: {event.reason}"
+            connection.close(connection.close_reason)
+        elif isinstance(event, Goodbye) and self._membership is None:
+            connection.peer_finished = True
+            connection.close_reason = f"peer closed the connection: {event.reason}"
+            connection.close(connection.close_reason)
         elif isinstance(event, Goodbye):
             assert self._membership is not None
             connection.close_reason = f"peer left: {event.reason}"
@@ -1645,7 +1931,9 @@ class Node:
             else:
                 current.append([agent, dseq, dseq])
         for peer, peer_ranges in ranges.items():
-            connection = self._connections.get(peer)
+            connection: Any = self._connections.get(peer)
+            if connection is None and self._overlay is not None:
+                connection = self._overlay.routed_peer(peer)
             if connection is not None:
                 connection.acknowledge_ranges(peer_ranges)
 
@@ -1656,7 +1944,9 @@ class Node:
         watermark = self._eo_streams.taken(key, seq, trio.current_time())
         if self._dedup_log is not None:
             self._dedup_log.record(key, watermark)
-        connection = self._connections.get(peer)
+        connection: Any = self._connections.get(peer)
+        if connection is None and self._overlay is not None:
+            connection = self._overlay.routed_peer(peer)
         if connection is None:
             return
         ack = pack_dseq(key[3], watermark)
@@ -1666,23 +1956,28 @@ class Node:
             connection.acknowledge(True, agent, ack)
 
     async def _wait_for_service(self, connection: Connection, service: Service, payload: bytes) -> None:
-        assert self._membership is not None
         peer = connection.peer_id
-        self._membership.stall(peer, True, trio.current_time())
+        self._stall(connection, True)
         try:
             await service._put(peer, payload)
         finally:
-            self._membership.stall(peer, False, trio.current_time())
+            self._stall(connection, False)
+
+    def _stall(self, connection: Connection, stalled: bool) -> None:
+        """This node stops (or resumes) reading from ``connection``: a full inbox or service."""
+        if self._membership is not None:
+            self._membership.stall(connection.peer_id, stalled, trio.current_time())
+        else:
+            connection.stalled = stalled
+            connection.last_heard = trio.current_time()
 
     async def _wait_for_room(self, connection: Connection, inbox: Inbox, messages: list[Message]) -> None:
         """A full inbox: stop reading from this peer (backpressure) until there is room."""
-        assert self._membership is not None
-        peer = connection.peer_id
-        self._membership.stall(peer, True, trio.current_time())
+        self._stall(connection, True)
         try:
             await inbox.put_many(messages)
         finally:
-            self._membership.stall(peer, False, trio.current_time())
+            self._stall(connection, False)
 
     # -- introspection --------------------------------------------------------------------------
 

@@ -13,6 +13,11 @@ Frames (the C core's format, CRC32C checked) travel on two channels:
   element is a tag: HELLO, HEARTBEAT, GOODBYE, MEMBERS, AGENTS, ERROR, REQUEST_FAILED,
   ACKS, SERVICE (a payload for a named node-to-node service). The first frame each side sends is HELLO (protocol version, cluster name, node
   id, incarnation, listen address, features); nothing else is accepted before it.
+- channel 2, ``BATCH`` flag (``COMPRESSED`` when lz4 was negotiated and the batch is
+  large): overlay protocol messages, only between nodes that both announced the
+  ``overlay`` feature. The payload is a C-core batch: item 0 a MessagePack map of node
+  id -> ``[host, port]`` (addresses of nodes the messages mention), then one item per
+  overlay message in :mod:`phoenix_trio.overlay`'s codec.
 - channel 1: data. A frame's payload is one MessagePack array of items, so one frame
   (and one ``send_all``) carries up to :data:`MAX_BATCH` messages. Items are
 
@@ -81,6 +86,10 @@ from .serialization import _msgpack
 PROTOCOL_VERSION = 1
 CONTROL_CHANNEL = 0
 DATA_CHANNEL = 1
+OVERLAY_CHANNEL = 2
+PRIMARY = "control"  # the channel name of a pair's primary connection
+OVERLAY_COMPRESS_MIN = 512  # overlay batches shorter than this are never compressed
+MAX_ADDRESSES = 1024  # entries in one overlay batch's address table
 MAX_TEMPLATES = 4096
 MAX_BATCH = 1024
 MAX_LIST = 10_000
@@ -96,6 +105,7 @@ FLAG_PUBLISH = 0x20  # pub-sub: the subject is a topic; the node's subscriptions
 FLAG_CREDITED = 0x40  # pub-sub: the publisher spent a unit of the receiver's credit on it
 
 _NODE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_CHANNEL_RE = re.compile(r"[a-z0-9_-]{1,32}")
 _NODE_HEX_RE = re.compile(r"[0-9a-f]{12}")
 _TRACE_ID_RE = re.compile(r"[0-9a-f]{32}")
 _SEQ_LIMIT = 1 << 26
@@ -132,6 +142,8 @@ class Hello:
     cluster: str = "phoenix"
     features: tuple[str, ...] = FEATURES
     version: int = PROTOCOL_VERSION
+    channel: str = PRIMARY  # a secondary connection's channel name (HELLO's optional 9th field)
+    lane: int = 0  # which of the channel's parallel connections
 
 
 @attrs.frozen(slots=True)
@@ -186,6 +198,14 @@ class ServicePayload:
 
     name: str
     payload: bytes
+
+
+@attrs.frozen(slots=True)
+class OverlayBatch:
+    """Overlay protocol messages from one overlay frame, with the addresses they carried."""
+
+    addresses: dict[str, tuple[str, int]]
+    messages: list[Any]
 
 
 @attrs.frozen(slots=True)
@@ -252,6 +272,7 @@ class SendTemplate:
     extensions: Any = attrs.field(factory=lambda: EMPTY)
     mode: int = 0  # 0, FLAG_ALO or FLAG_EO: what the delivery record asks of the transport
     policy: Any = None  # its RetryPolicy when mode is set
+    channel: str | None = None  # the channel asked for at send time (None: chosen by the node)
 
 
 @attrs.define(slots=True)
@@ -421,6 +442,7 @@ class PeerProtocol:
         self._templates_out = _EncoderTemplates()
         self._templates_in: list[_Template | None] = [None] * MAX_TEMPLATES
         self._compress = False
+        self.compress_overlay = True  # overlay frames: lz4 when negotiated (the gossip config can turn it off)
         self._valid_trace_ids: set[str] = set()
         self.frames_received = 0
         self.messages_received = 0
@@ -429,7 +451,10 @@ class PeerProtocol:
 
     def hello(self) -> bytes:
         h = self.local
-        return self._control([Tag.HELLO, h.version, h.cluster, h.node_id, h.incarnation, h.host, h.port, list(h.features)])
+        fields = [Tag.HELLO, h.version, h.cluster, h.node_id, h.incarnation, h.host, h.port, list(h.features)]
+        if h.channel != PRIMARY:
+            fields.append({"channel": h.channel, "lane": h.lane})
+        return self._control(fields)
 
     def heartbeat(self) -> bytes:
         return self._control([Tag.HEARTBEAT])
@@ -464,6 +489,36 @@ class PeerProtocol:
 
     def service(self, name: str, payload: bytes) -> bytes:
         return self._control([Tag.SERVICE, name, payload])
+
+    def overlay(self, messages: list[bytes], addresses: dict[str, tuple[str, int]] | None = None) -> bytes:
+        """Overlay frames carrying ``messages`` (each encoded by the overlay codec), in order.
+
+        One C-core batch per frame (split when it would pass the frame limit), lz4-compressed
+        as a whole when both sides offered lz4 and it is at least ``OVERLAY_COMPRESS_MIN`` bytes.
+        """
+        table = msgpack.packb({k: [h, p] for k, (h, p) in (addresses or {}).items()})
+        out: list[bytes] = []
+        limit = self.max_frame // 2
+        start = 0
+        while start < len(messages) or not out:
+            size = len(table)
+            end = start
+            while end < len(messages) and (end == start or size + len(messages[end]) + 5 <= limit):
+                size += len(messages[end]) + 5
+                end += 1
+            body = core.pack_batch([table, *messages[start:end]])
+            flags = core.FLAG_BATCH
+            if self._compress and self.compress_overlay and len(body) >= OVERLAY_COMPRESS_MIN:
+                from .serialization import compress
+
+                packed, used = compress(body, "lz4", threshold=OVERLAY_COMPRESS_MIN)
+                if used:
+                    body, flags = packed, flags | core.FLAG_COMPRESSED
+            if len(body) > self.max_frame:
+                raise EncodeError(f"overlay message of {len(body)} bytes exceeds the {self.max_frame}-byte frame limit")
+            out.append(core.encode_frame(body, channel=OVERLAY_CHANNEL, flags=flags))
+            start = end
+        return b"".join(out)
 
     def error_bytes(self, error: Exception) -> bytes:
         """A final ERROR frame telling the peer why we close."""
@@ -577,6 +632,15 @@ class PeerProtocol:
 
                         payload = decompress(payload, "lz4", max_size=self.max_frame)
                     events.append(self._on_data(payload))
+                elif frame.channel == OVERLAY_CHANNEL and frame.flags & core.FLAG_BATCH and not frame.flags & core.FLAG_CONTROL:
+                    if self.state is not State.OPEN or "overlay" not in self.local.features:
+                        raise _fail("overlay frame without an overlay handshake")
+                    payload = frame.payload
+                    if frame.flags & core.FLAG_COMPRESSED:
+                        from .serialization import decompress
+
+                        payload = decompress(payload, "lz4", max_size=self.max_frame)
+                    events.append(self._on_overlay(payload))
                 else:
                     raise _fail(f"unexpected frame on channel {frame.channel} with flags {frame.flags:#x}")
             return events
@@ -657,10 +721,39 @@ class PeerProtocol:
             return Acks(acks)
         raise _fail(f"unknown or malformed control message (tag {tag})")
 
+    def _on_overlay(self, payload: bytes) -> OverlayBatch:
+        from .overlay._codec import decode as overlay_decode
+
+        items = core.unpack_batch(payload)  # MalformedBatch is a DecodeError
+        if not items:
+            raise _fail("overlay batch without its address table")
+        try:
+            table = msgpack.unpackb(items[0], raw=False, strict_map_key=True)
+        except Exception as exc:
+            raise _fail(f"undecodable overlay address table: {exc}") from None
+        if type(table) is not dict or len(table) > MAX_ADDRESSES:
+            raise _fail("overlay address table must be a map of at most %d entries" % MAX_ADDRESSES)
+        addresses: dict[str, tuple[str, int]] = {}
+        for node_id, address in table.items():
+            if not node_id_ok(node_id) or type(address) is not list or len(address) != 2:
+                raise _fail("overlay address entries must be node id -> [host, port]")
+            addresses[node_id] = (_str(address[0], "host", limit=255), _int(address[1], "port", 1, 65535))
+        messages = [overlay_decode(item, max_size=self.max_frame) for item in items[1:]]  # DecodeError -> protocol error
+        return OverlayBatch(addresses, messages)
+
     def _on_hello(self, message: list[Any]) -> Hello:
-        if len(message) != 8:
-            raise _fail("HELLO must have 8 fields")
-        _, version, cluster, node_id, incarnation, host, port, features = message
+        if len(message) not in (8, 9):
+            raise _fail("HELLO must have 8 fields (9 on a secondary channel)")
+        _, version, cluster, node_id, incarnation, host, port, features = message[:8]
+        channel, lane = PRIMARY, 0
+        if len(message) == 9:
+            extra = message[8]
+            if type(extra) is not dict or set(extra) != {"channel", "lane"}:
+                raise _fail("HELLO's channel field must be {channel, lane}")
+            channel = extra["channel"]
+            if type(channel) is not str or _CHANNEL_RE.fullmatch(channel) is None or channel == PRIMARY:
+                raise _fail(f"invalid channel name {channel!r}")
+            lane = _int(extra["lane"], "lane", 0, 255)
         if version != PROTOCOL_VERSION:
             raise _fail(f"protocol version {version!r} not supported (this node speaks {PROTOCOL_VERSION})")
         if cluster != self.local.cluster:
@@ -678,7 +771,12 @@ class PeerProtocol:
             cluster,
             tuple(f for f in feats if type(f) is str),
             version,
+            channel,
+            lane,
         )
+        if ("overlay" in hello.features) != ("overlay" in self.local.features):
+            mine = "an overlay" if "overlay" in self.local.features else "a full mesh"
+            raise _fail(f"peer runs a different topology (this node runs {mine})")
         self.peer = hello
         self.state = State.OPEN
         self._compress = "lz4" in hello.features and "lz4" in self.local.features

@@ -218,6 +218,26 @@ async def test_backpressure_slow_consumer_bounds_memory_and_fail_fast() -> None:
             assert a.members["n1"].status == "alive" and b.members["n0"].status == "alive"
 
 
+async def test_large_payloads_queue_by_bytes_not_by_count() -> None:
+    size, budget = 256 * 1024, 2 * 1024 * 1024
+    async with cluster(2, max_pending=64, max_pending_bytes=budget) as (a, b):
+        async with b.agent("stalled", capacity=1) as stalled:
+            await a.wait_for_agent("stalled", timeout=5)
+            connection = a._connections["n1"]
+            sent = 0
+            with pytest.raises(Backpressure):
+                while True:  # the receiver reads nothing: buffers fill, then the queue
+                    await a.send("stalled", bytes([sent % 256]) * size, delivery="at_most_once", wait=False)
+                    sent += 1
+            # 64 messages of 256 KiB would be 16 MiB queued in the sender; the byte
+            # budget holds it to 2 MiB however many messages that is.
+            stats = connection.statistics()
+            assert 0 < stats["pending_bytes"] <= budget and stats["pending"] <= budget // size
+            with trio.fail_after(30):
+                for i in range(sent):
+                    assert (await stalled.receive()).data[:1] == bytes([i % 256])
+
+
 async def test_send_message_validates_and_keeps_fields() -> None:
     async with cluster(2) as (a, b):
         async with b.agent("inbox") as inbox:

@@ -125,6 +125,10 @@ class Gossip:
     def has_seen(self, message_id: MessageId, now: float) -> bool:
         return self._seen.contains(message_id, now)
 
+    def pushing(self) -> int:
+        """How many messages this node still pushes in its rounds (0: its push phase is over)."""
+        return len(self._hot)
+
     def held(self, now: float) -> list[GossipEnvelope]:
         """The envelopes this node still holds (within their ttl), oldest first."""
         return [h.envelope for _, h in self._store.items(now) if h.expires_at > now]

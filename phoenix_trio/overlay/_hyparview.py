@@ -16,7 +16,10 @@ Beyond the paper, for the failure modes Partisan users met:
   neighbours and no passive view re-joins through its contacts.
 - *Partitions.* Peers whose link failed are kept in a bounded suspect list and probed
   one per ``probe_interval``; one that answers is reconnected with high priority, so
-  the two sides of a healed partition merge again.
+  the two sides of a healed partition merge again. A probe that gets no answer puts
+  the peer back on the list (until ``suspect_ttl`` after its failure), so a partition
+  that outlasts a round of probes still heals: otherwise both sides forget each other
+  and stay islands.
 - *Members listed after they left.* :meth:`members` is the active view only, which
   holds live connected peers; :meth:`leave` sends DISCONNECT(leaving) and receivers
   drop the node from both views and keep a tombstone for ``tombstone_ttl`` so stale
@@ -101,6 +104,7 @@ class HyParView:
         self._joining = False
         self._join_attempts = 0
         self._suspects: dict[NodeId, float] = {}  # peer -> forget at
+        self._probing: dict[NodeId, float] = {}  # suspects with a probe out: peer -> forget at
         self._tombstones: dict[NodeId, float] = {}  # departed peer -> forget at
         self._repair_at: float | None = None
         self._backoff = 1.0  # repair interval multiplier; doubles while requests are refused
@@ -160,6 +164,7 @@ class HyParView:
         self._awaiting.clear()
         self._closing.clear()
         self._suspects.clear()
+        self._probing.clear()
         self._joining = False
         self.left = True
         out += [CancelTimer(_SHUFFLE), CancelTimer(_REPAIR), CancelTimer(_JOIN), CancelTimer(_PROBE)]
@@ -170,6 +175,7 @@ class HyParView:
         """The driver lost (or could not open) the connection to ``peer``."""
         out: list[Any] = []
         self._pending.pop(peer, None)
+        self._probe_unanswered(peer, now)
         self._awaiting.discard(peer)
         self._closing.pop(peer, None)
         if peer in self.active:
@@ -224,6 +230,7 @@ class HyParView:
         self.stats.joins_handled += 1
         self._tombstones.pop(sender, None)
         self._suspects.pop(sender, None)
+        self._probing.pop(sender, None)
         if sender not in self.active:
             self._add_active(sender, now, out)
         self._awaiting.add(sender)
@@ -296,6 +303,7 @@ class HyParView:
 
     def _on_neighbor_reply(self, sender: NodeId, msg: NeighborReply, now: float, out: list[Any]) -> None:
         pending = self._pending.pop(sender, None)
+        self._probing.pop(sender, None)  # it answered: reachable again
         if not msg.accepted:
             if sender not in self.active:
                 self._add_passive(sender)
@@ -334,6 +342,7 @@ class HyParView:
         if msg.leaving:
             self.passive.pop(sender, None)
             self._suspects.pop(sender, None)
+            self._probing.pop(sender, None)
             self._tombstones[sender] = now + self.config.tombstone_ttl
         elif not self.left:
             self._add_passive(sender)
@@ -387,6 +396,7 @@ class HyParView:
         self.passive.pop(peer, None)
         self._pending.pop(peer, None)
         self._suspects.pop(peer, None)
+        self._probing.pop(peer, None)
         self.active[peer] = None
         self._backoff = 1.0
         out.append(NeighborUp(peer))
@@ -434,6 +444,7 @@ class HyParView:
             if deadline <= now:  # unanswered: presumed gone
                 del self._pending[peer]
                 self.passive.pop(peer, None)
+                self._probe_unanswered(peer, now)
         free = cfg.active_view_size - len(self.active) - len(self._pending)
         if free > 0:
             candidates = [p for p in self.passive if p not in self._pending]
@@ -474,6 +485,15 @@ class HyParView:
         while len(self._suspects) > self.config.max_suspects:
             del self._suspects[next(iter(self._suspects))]
 
+    def _probe_unanswered(self, peer: NodeId, now: float) -> None:
+        """A probe of ``peer`` failed or timed out: suspect it again until its time is up."""
+        forget_at = self._probing.pop(peer, None)
+        if forget_at is None or forget_at <= now or peer in self.active or peer in self._tombstones:
+            return
+        self._suspects[peer] = forget_at
+        while len(self._suspects) > self.config.max_suspects:
+            del self._suspects[next(iter(self._suspects))]
+
     def _probe(self, now: float, out: list[Any]) -> None:
         for peer, forget_at in list(self._suspects.items()):
             if forget_at <= now or peer in self.active:
@@ -483,7 +503,9 @@ class HyParView:
         if not candidates:
             return
         peer = self.rng.choice(candidates)
-        del self._suspects[peer]
+        self._probing[peer] = self._suspects.pop(peer)
+        while len(self._probing) > self.config.max_suspects:
+            del self._probing[next(iter(self._probing))]
         self.stats.probes += 1
         self._pending[peer] = (now + self.config.neighbor_timeout, True)
         out.append(Send(peer, Neighbor(high_priority=True)))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from overlay_helpers import of, sends, sent_to, timers
@@ -307,6 +309,23 @@ def test_partitioned_overlay_merges_again_after_healing() -> None:
     assert split.components == 2 and split.symmetric  # each side repaired into its own overlay
     net.heal()
     net.run_for(30.0)
+    merged = S.overlay_health(net)
+    assert merged.connected and merged.symmetric
+
+
+@pytest.mark.parametrize("cut", [4, 100])
+def test_a_partition_that_outlasts_a_round_of_probes_still_heals(cut: int) -> None:
+    # Every node probes each of its suspects several times over before the heal: a probe
+    # that gets no answer must keep the peer suspected, or both sides forget each other.
+    cluster = S.Cluster(200, seed=5, broadcast=None, routing=None)
+    cluster.mass_join(at=0.0)
+    net = cluster.net
+    net.run(20.0)
+    net.partition(cluster.ids[-cut:])
+    net.run_for(200.0)  # probe_interval 10 s, at most 6 suspects per node
+    assert S.overlay_health(net).components >= 2  # (a few cut-off nodes may not even know each other)
+    net.heal()
+    net.run_for(60.0)
     merged = S.overlay_health(net)
     assert merged.connected and merged.symmetric
 
