@@ -304,7 +304,9 @@ class OverlayRuntime:
                 nursery.start_soon(self._seed_loop, seed)
             self._apply(self.core.start(trio.current_time()))
             if not self._seeds:
-                self._joined = True  # the first node: nothing to join
+                # The first node: nothing to join through (a tree's root, a server that greets its peers).
+                self._joined = True
+                self._apply(self.core.join([], trio.current_time()))
             self._announce()
             task_status.started()
 

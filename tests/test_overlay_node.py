@@ -224,3 +224,36 @@ async def test_links_to_new_neighbours_and_membership_events() -> None:
                 await b.wait_for(lambda: "a" in b._connections, timeout=5)
                 stats = a._connections["b"].statistics()
                 assert stats["outbound"] and stats["channel"] == "control"
+
+
+@pytest.mark.parametrize(
+    "membership",
+    [
+        configure_overlay("client_server", servers=["n0", "n1"], pool_size=2),
+        configure_overlay("tree", fanout=2, max_depth=3),
+    ],
+    ids=["client_server", "tree"],
+)
+async def test_the_other_overlays_on_tcp_broadcast_and_route(membership: Any) -> None:
+    async with overlay_cluster(7, overlay=membership) as nodes, AsyncExitStack() as stack:
+        if membership.kind == "client_server":
+            # Servers link to each other; each client links to one server only.
+            await wait_until(nodes[0], lambda: "n1" in nodes[0].overlay.neighbors())
+            for client in nodes[2:]:
+                assert len(client.overlay.neighbors()) == 1 and client.overlay.neighbors()[0] in {"n0", "n1"}
+        else:
+            # A tree: n - 1 links, no node with more than fanout children (+ its parent).
+            def edges() -> int:
+                return sum(len(n.overlay.neighbors()) for n in nodes) // 2
+
+            await wait_until(nodes[0], lambda: edges() == len(nodes) - 1 and symmetric(nodes))
+            assert all(len(n.overlay.neighbors()) <= 3 for n in nodes)
+        async with trio.open_nursery() as nursery:
+            got = await collect(nodes, stack, nursery)
+            await nodes[5].broadcast_overlay("to all")
+            await wait_until(nodes[0], lambda: len(got.get("to all", {})) == 7)
+            async with nodes[6].agent("leaf") as leaf:
+                await nodes[2].wait_for_agent("leaf", timeout=10)
+                await nodes[2].send("leaf", "over the overlay", delivery="at_least_once")
+                assert (await leaf.receive()).data == "over the overlay"
+            nursery.cancel_scope.cancel()

@@ -98,7 +98,7 @@ class ClientServer:
         if not self.is_server and self._joined and (was_pending or was_server):
             self._advance(out)
         if self._joined and not self.left:
-            self._retry(now, out)
+            self._retry(now, out, failed=peer)
         return out
 
     # -- inputs ----------------------------------------------------------------------------
@@ -183,7 +183,10 @@ class ClientServer:
             return
         out += [NeighborDown(peer, reason), CloseLink(peer)]
 
-    def _retry(self, now: float, out: list[Any]) -> None:
+    def _retry(self, now: float, out: list[Any], failed: NodeId | None = None) -> None:
+        """Greet what is missing; a peer whose link just failed waits for the next round
+        (a driver may report a failure at once, e.g. no address: greeting it again at once
+        would loop)."""
         cfg = self.config
         for peer, deadline in list(self._pending.items()):
             if deadline <= now:
@@ -191,7 +194,7 @@ class ClientServer:
                 if not self.is_server:
                     self._advance(out)
         if self.is_server:
-            missing = [s for s in self._others if s not in self._servers_up and s not in self._pending]
+            missing = [s for s in self._others if s not in self._servers_up and s not in self._pending and s != failed]
             for server in missing:
                 self._pending[server] = now + cfg.hello_timeout
                 out.append(Send(server, ServerHello()))
@@ -204,6 +207,9 @@ class ClientServer:
             return
         servers = cfg.servers
         target = servers[self._server_index % len(servers)]
+        if target == failed:  # the only server, or the next one is the one that failed
+            out.append(SetTimer(_RETRY, now + cfg.retry_interval))
+            return
         self._pending[target] = now + cfg.hello_timeout
         out.append(Send(target, ClientHello()))
         out.append(SetTimer(_RETRY, now + cfg.hello_timeout))

@@ -54,6 +54,7 @@ class TreeOverlay:
         self._contacts: list[NodeId] = []
         self._attempt = 0
         self._round_failures = 0
+        self._resting = False  # every contact failed once: the next join waits for the timer
         self._joining = False
         self._reported: tuple[int, int] | None = None
         self._info_scheduled = False
@@ -145,7 +146,7 @@ class TreeOverlay:
                 if message.reason == _FULL:
                     self._on_full(now, out)
                 else:
-                    self._next_contact(now, out)
+                    self._next_contact(now, out, answered=True)
         elif kind is TreePath:
             if sender == self.parent:
                 if self.node_id in message.path:
@@ -168,7 +169,11 @@ class TreeOverlay:
             return out
         if key == _JOIN:
             if self._joining and not self.in_tree:
-                self._next_contact(now, out)
+                if self._resting:
+                    self._resting = False
+                    self._send_join(now, out)
+                else:
+                    self._next_contact(now, out)
             elif self.is_root and self._contact_index() > 0:
                 self._try_merge(now, out)
         elif key == _INFO:
@@ -233,6 +238,8 @@ class TreeOverlay:
         self.path = msg.path
         self.is_root = False
         self._joining = False
+        self._resting = False
+        self._round_failures = 0
         self._reported = None
         out.append(CancelTimer(_JOIN))
         out.append(NeighborUp(sender))
@@ -273,7 +280,7 @@ class TreeOverlay:
         out.append(Send(contact, TreeJoin(self.node_id, self.height, 0)))
         out.append(SetTimer(_JOIN, now + self.config.join_timeout))
 
-    def _next_contact(self, now: float, out: list[Any]) -> None:
+    def _next_contact(self, now: float, out: list[Any], *, answered: bool = False) -> None:
         self._attempt += 1
         others = [c for c in self._contacts if c != self.node_id]
         index = self._contact_index()
@@ -289,6 +296,14 @@ class TreeOverlay:
             self._round_failures += 1
             if self._round_failures == 1:
                 out.append(JoinFailed("no contact could place this node"))
+            if answered or self._round_failures > 1:
+                # Every contact refused or failed: wait a join_timeout before the next
+                # round (contacts that answer at once, e.g. not in the tree yet, or
+                # refuse the connection, would make it a storm). The first round after
+                # losing a parent goes on at once.
+                self._resting = True
+                out.append(SetTimer(_JOIN, now + self.config.join_timeout))
+                return
         self._send_join(now, out)
 
     def _try_merge(self, now: float, out: list[Any]) -> None:

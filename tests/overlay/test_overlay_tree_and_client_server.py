@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from overlay_helpers import of, sends, sent_to
+from overlay_helpers import of, sends, sent_to, timers
 
 from phoenix_trio.overlay import (
     ClientHello,
@@ -44,6 +44,21 @@ def test_root_adopts_up_to_fanout_then_passes_joins_down() -> None:
     assert fwd.dest in ("a", "b") and fwd.message.hops == 1
     out2 = root.receive("d", TreeJoin("d", 0), 0.0)
     assert sends(out2, TreeJoin)[0].dest != fwd.dest  # a burst of joins spreads over the children
+
+
+def test_a_joiner_refused_by_every_contact_waits_before_the_next_round() -> None:
+    # A contact that is not in the tree yet answers at once; retrying at once was a storm.
+    j = tnode("j", join_timeout=2.0)
+    out = j.join(["r"], 0.0)
+    assert sent_to(out, TreeJoin) == ["r"]
+    out = j.receive("r", TreeReject("not in the tree"), 0.001)
+    assert not sends(out) and of(out, JoinFailed) and timers(out) == {("tree", "join"): 2.001}
+    out = j.receive("r", TreeReject("not in the tree"), 0.002)  # a late duplicate changes nothing
+    assert not sends(out)
+    out = j.timer(("tree", "join"), 2.001)
+    assert sent_to(out, TreeJoin) == ["r"]
+    out = j.receive("r", TreeAdopt(("r",)), 2.002)
+    assert j.parent == "r" and of(out, NeighborUp)
 
 
 def test_child_learns_path_reports_size_and_rejects_cycles() -> None:
@@ -147,6 +162,20 @@ def test_servers_mesh_and_clients_attach_to_their_hashed_server() -> None:
     out = s1.receive("client-7", ClientHello(), 0.2)
     assert "client-7" in s1.clients() and sends(out, HelloReply)[0].message.accepted
     assert sends(cs("c2").receive("x", ClientHello(), 0.0), HelloReply)[0].message == HelloReply(False)
+
+
+def test_a_failure_reported_at_once_is_retried_on_the_next_round_not_in_a_loop() -> None:
+    # A driver reports link_failed within the Send (no address for the peer yet): the
+    # core must not greet the same peer again inside that call.
+    s1 = cs("s1", servers=("s1", "s2"))
+    assert sent_to(s1.join((), 0.0), ServerHello) == ["s2"]
+    out = s1.link_failed("s2", 0.0)
+    assert not sends(out) and timers(out) == {("client_server", "retry"): 1.0}
+    assert sent_to(s1.timer(("client_server", "retry"), 1.0), ServerHello) == ["s2"]
+    client = cs("c", servers=("s1",))
+    assert sent_to(client.join((), 0.0), ClientHello) == ["s1"]
+    out = client.link_failed("s1", 0.0)
+    assert not sends(out) and ("client_server", "retry") in timers(out)
 
 
 def test_client_fails_over_to_the_next_server_and_says_so_after_a_full_round() -> None:
