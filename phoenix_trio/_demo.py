@@ -8,7 +8,9 @@ driver publishes to subscriptions on every process (each publication crosses the
 network once per interested node), and a slow subscriber shows ``drop_oldest`` against
 ``block``. Then a pipeline through stages on all three processes, reconfigured while
 traffic flows. Then it kills one process with SIGKILL, shows the failure being detected
-and reported, restarts it and shows it rejoining. The report lists the nodes, their
+and reported, restarts it and shows it rejoining. Last, a separate overlay of 12 node
+processes (:mod:`phoenix_trio._demo_overlay`): Plumtree broadcast and gossip reach every
+node, a quarter is SIGKILLed, the overlay repairs and the next broadcast reaches the rest. The report lists the nodes, their
 agents, the traffic matrix with rates, request latencies, what the counters received,
 the subscriptions and what they got, the pipeline's order check and per-stage figures,
 and the membership events.
@@ -24,6 +26,7 @@ import trio
 
 from . import NodeUnreachable, core
 from ._node import Node, open_node
+from ._demo_overlay import overlay_section
 from ._node_process import NodeProcess
 
 NAMES = ("n1", "n2", "n3")
@@ -168,6 +171,7 @@ async def _conduct() -> bool:
             for proc in procs.values():
                 await proc.stop()
             nursery.cancel_scope.cancel()
+    ok = await overlay_section() and ok
     print()
     print(f"demo {'finished' if ok else 'FAILED'} in {time.perf_counter() - started:.1f} s")
     return ok

@@ -153,6 +153,11 @@ class NodeProcess:
                     raise RuntimeError(f"{self.name} exited")
                 await self._arrived.park()
 
+    async def next_event(self) -> None:
+        """Return when the process prints its next event line (or has exited)."""
+        if not self._ended:
+            await self._arrived.park()
+
     async def call(self, op: str, *, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
         """Send one command (``--commands``) and return its ``reply`` event."""
         assert self.process is not None and self.process.stdin is not None, "start with stdin=True"

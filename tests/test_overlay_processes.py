@@ -69,7 +69,7 @@ async def wait_all(procs: list[NodeProcess], predicate: Callable[[], bool], *, t
             async with trio.open_nursery() as nursery:
 
                 async def one(proc: NodeProcess) -> None:
-                    await proc._arrived.park()
+                    await proc.next_event()
                     nursery.cancel_scope.cancel()
 
                 for proc in procs:

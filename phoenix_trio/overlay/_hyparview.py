@@ -102,6 +102,7 @@ class HyParView:
         self._contacts: list[NodeId] = []
         self._contact_index = 0
         self._joining = False
+        self._join_resting = False  # a whole round of contacts failed: the next join waits for the timer
         self._join_attempts = 0
         self._suspects: dict[NodeId, float] = {}  # peer -> forget at
         self._probing: dict[NodeId, float] = {}  # suspects with a probe out: peer -> forget at
@@ -144,6 +145,7 @@ class HyParView:
         self._contacts = [c for c in dict.fromkeys(checks.node_ids(contacts, "contacts")) if c != self.node_id]
         self._contact_index = 0
         self._join_attempts = 0
+        self._join_resting = False
         out: list[Any] = []
         if self._contacts:
             self._send_join(now, out)
@@ -184,9 +186,15 @@ class HyParView:
             out.append(CloseLink(peer))
             self._suspect(peer, now)
         self.passive.pop(peer, None)
-        if self._joining and self._contacts and self._contacts[self._contact_index % len(self._contacts)] == peer:
+        if self._joining and not self._join_resting and self._contacts and self._contacts[self._contact_index % len(self._contacts)] == peer:
             self._contact_index += 1
-            self._send_join(now, out)
+            if self._contact_index % len(self._contacts) == 0:
+                # Every contact failed (refused connections fail at once): wait a
+                # join_timeout before the next round instead of redialling in a loop.
+                self._join_resting = True
+                out.append(SetTimer(_JOIN, now + self.config.join_timeout))
+            else:
+                self._send_join(now, out)
         self._repair(now, out)
         return out
 
@@ -215,7 +223,10 @@ class HyParView:
             self._repair(now, out)
         elif key == _JOIN:
             if self._joining:
-                self._contact_index += 1
+                if self._join_resting:
+                    self._join_resting = False
+                else:
+                    self._contact_index += 1
                 self._send_join(now, out)
         elif key == _PROBE:
             self._probe(now, out)
@@ -264,6 +275,7 @@ class HyParView:
             return  # sent before the peer saw our DISCONNECT, which undoes it there
         if self._joining:
             self._joining = False
+            self._join_resting = False
             out.append(CancelTimer(_JOIN))
         self._pending.pop(sender, None)
         if sender not in self.active:

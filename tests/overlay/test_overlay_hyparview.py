@@ -53,7 +53,12 @@ def test_join_sends_join_to_the_first_contact_and_retries_the_next() -> None:
     assert sent_to(out, Join) == ["c1"] and of(out, JoinFailed)
     out = hv.link_failed("c1", 6.5)  # refused: next contact at once
     assert sent_to(out, Join) == ["c2"]
-    assert hv.join([], 7.0) == []  # no contacts: the first node of an overlay
+    out = hv.link_failed("c2", 6.6)  # the whole round refused: wait, do not redial in a loop
+    assert not sends(out) and timers(out)[("hyparview", "join")] == 9.6
+    assert not sends(hv.link_failed("c2", 6.7))
+    out = hv.timer(("hyparview", "join"), 9.6)
+    assert sent_to(out, Join) == ["c1"] and of(out, JoinFailed)
+    assert hv.join([], 10.0) == []  # no contacts: the first node of an overlay
 
 
 def test_contact_adds_joiner_welcomes_it_and_starts_forward_join_walks() -> None:
