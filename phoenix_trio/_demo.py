@@ -7,7 +7,9 @@ to, and make requests of, the agents on the other two processes. Then pub-sub: e
 driver publishes to subscriptions on every process (each publication crosses the
 network once per interested node), and a slow subscriber shows ``drop_oldest`` against
 ``block``. Then a pipeline through stages on all three processes, reconfigured while
-traffic flows. Then it kills one process with SIGKILL, shows the failure being detected
+traffic flows. Then consensus: a Raft group of three more processes
+(:mod:`phoenix_trio._demo_consensus`) keeps every acknowledged write through a SIGKILL
+of its leader under load. Then it kills one process with SIGKILL, shows the failure being detected
 and reported, restarts it and shows it rejoining. Last, a separate overlay of 12 node
 processes (:mod:`phoenix_trio._demo_overlay`): Plumtree broadcast and gossip reach every
 node, a quarter is SIGKILLed, the overlay repairs and the next broadcast reaches the rest. The report lists the nodes, their
@@ -26,6 +28,7 @@ import trio
 
 from . import NodeUnreachable, core
 from ._node import Node, open_node
+from ._demo_consensus import consensus_section
 from ._demo_overlay import overlay_section
 from ._node_process import NodeProcess
 
@@ -134,6 +137,7 @@ async def _conduct() -> bool:
 
             ok = await _pubsub_section(node) and ok
             ok = await _pipeline_section(node) and ok
+            ok = await consensus_section(node, first.address or "", failure_timeout=FAILURE_TIMEOUT, heartbeat=HEARTBEAT) and ok
 
             # Failure: kill n3 without warning, watch it being detected, restart it.
             print()

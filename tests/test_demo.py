@@ -17,6 +17,7 @@ def test_the_demo_runs_and_every_check_passes() -> None:
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     out = result.stdout
     assert "!!" not in out and out.rstrip().splitlines()[-1].startswith("demo finished")
-    for section in ("Point-to-point", "Request-response", "Publish-subscribe", "Pipeline", "Failure detection", "Gossip and broadcast"):
+    for section in ("Point-to-point", "Request-response", "Publish-subscribe", "Pipeline", "Consensus", "Failure detection", "Gossip and broadcast"):
         assert section in out, section
+    assert "acknowledged writes present" in out and "elected for term" in out
     assert "reached 12/12 nodes exactly once each" in out and "reached 9/9 nodes exactly once each" in out
