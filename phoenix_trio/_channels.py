@@ -149,6 +149,23 @@ class ChannelConfig:
         return 0 if count == 1 else zlib.crc32(agent_id.encode()) % count
 
 
+POOL = "pool"
+
+
+def pool_channels(membership: Any) -> ChannelConfig | None:
+    """The connection pool of a ``client_server`` overlay: ``pool_size`` connections per pair.
+
+    The primary connection plus ``pool_size - 1`` lanes of channel ``"pool"``, which is
+    the default channel, so agents' messages spread over the pool by agent id (one agent's
+    messages stay on one connection). None for other overlays or ``pool_size`` 1. A node
+    given ``channels=`` explicitly keeps those instead.
+    """
+    pool_size = getattr(membership, "pool_size", 1) if getattr(membership, "kind", None) == "client_server" else 1
+    if pool_size <= 1:
+        return None
+    return ChannelConfig({POOL: min(pool_size - 1, MAX_PARALLELISM)}, default=POOL)
+
+
 def configure_channels(channels: Mapping[str, int], **options: Any) -> ChannelConfig:
     """A validated :class:`ChannelConfig`: ``configure_channels({"bulk": 2}, large="bulk")``."""
     unknown = set(options) - {"default", "large", "large_threshold", "types"}
@@ -157,4 +174,4 @@ def configure_channels(channels: Mapping[str, int], **options: Any) -> ChannelCo
     return ChannelConfig(channels, **options)
 
 
-__all__ = ["PRIMARY", "ChannelConfig", "configure_channels"]
+__all__ = ["POOL", "PRIMARY", "ChannelConfig", "configure_channels", "pool_channels"]

@@ -36,7 +36,7 @@ import trio
 
 from ._balancer import LoadBalancer
 from ._breaker import BreakerConfig, CircuitBreaker
-from ._channels import PRIMARY, ChannelConfig
+from ._channels import PRIMARY, ChannelConfig, pool_channels
 from ._connection import Connection
 from ._directory import Directory
 from ._errors import (
@@ -460,6 +460,8 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self._membership: Membership | None = None
         self._overlay_config = overlay_config(config.overlay, config.gossip)
+        if self._channels is None and self._overlay_config is not None:
+            self._channels = pool_channels(self._overlay_config.membership)
         self._overlay: OverlayRuntime | None = None
         self._hello: Hello | None = None
         self._timer_deadline = math.inf

@@ -257,3 +257,22 @@ async def test_the_other_overlays_on_tcp_broadcast_and_route(membership: Any) ->
                 await nodes[2].send("leaf", "over the overlay", delivery="at_least_once")
                 assert (await leaf.receive()).data == "over the overlay"
             nursery.cancel_scope.cancel()
+
+
+async def test_client_server_pool_size_is_connections_per_pair() -> None:
+    membership = configure_overlay("client_server", servers=["n0"], pool_size=3)
+    async with overlay_cluster(2, overlay=membership) as (server, client):
+        assert client._channels is not None and client._channels.parallelism("pool") == 2
+        agents = [f"worker-{i}" for i in range(8)]
+        async with AsyncExitStack() as stack:
+            inboxes = [await stack.enter_async_context(server.agent(a, capacity=1000)) for a in agents]
+            for a in agents:
+                await client.wait_for_agent(a, timeout=10)
+            for round_ in range(50):
+                for a in agents:
+                    await client.send(a, round_, delivery="at_least_once")
+            for inbox in inboxes:  # every agent's messages in order, over whichever pool connection
+                assert [(await inbox.receive()).data for _ in range(50)] == list(range(50))
+        pool = sorted(key for key in client._lanes_out if key[0] == "n0")
+        assert pool == [("n0", "pool", 0), ("n0", "pool", 1)]  # 1 primary + 2 lanes = pool_size
+        assert all(client._lanes_out[key].statistics()["messages_sent"] > 0 for key in pool)
