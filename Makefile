@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "setuptools>=77" wheel "cffi>=1.16"
 	$(MAKE) --no-print-directory peers
-	$(PY) -m pip install -q --no-build-isolation -e '.[test,bench,formats,http2,quic]'
+	$(PY) -m pip install -q --no-build-isolation -e '.[test,bench,formats,http2,quic,typecheck]'
 	@touch $(STAMP) $(EXT_STAMP)
 
 peers:
