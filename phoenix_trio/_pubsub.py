@@ -928,7 +928,7 @@ class PubSub:
                 # no block queue here (any more): the credit and the acknowledgement are due now
                 if credited:
                     self._credit_returned(peer_id)
-                if dseq is not None:
+                if dseq is not None and topic is not None:  # no topic (a peer's bug): no agent id to acknowledge to
                     self._acknowledge(peer_id, topic, dseq)
                 continue
             if dseq is None and len(special) == 1 and special[0].filter is None:
@@ -954,6 +954,7 @@ class PubSub:
                 block_run = []
             # Otherwise the publication holds a _Hold: one count per block queue it enters,
             # plus one held here until it has entered them all.
+            assert topic is not None  # block queues matched: the topic is valid
             hold = _Hold(peer_id, credited, topic, dseq) if credited or dseq is not None else None
             deferred = False
             for subscription in special:
