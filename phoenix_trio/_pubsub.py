@@ -1253,15 +1253,15 @@ _Token = _Hold | str | None
 
 def _release(pubsub: PubSub, token: _Hold | str) -> None:
     """Drop one hold; the last one returns the credit and sends the acknowledgement."""
-    if token.__class__ is str:
-        pubsub._credit_returned(token)  # type: ignore[arg-type]
+    if isinstance(token, str):
+        pubsub._credit_returned(token)
         return
-    token.count -= 1  # type: ignore[union-attr]
-    if token.count == 0:  # type: ignore[union-attr]
-        if token.credited:  # type: ignore[union-attr]
-            pubsub._credit_returned(token.peer)  # type: ignore[union-attr]
-        if token.dseq is not None:  # type: ignore[union-attr]
-            pubsub._acknowledge(token.peer, token.topic, token.dseq)  # type: ignore[union-attr]
+    token.count -= 1
+    if token.count == 0:
+        if token.credited:
+            pubsub._credit_returned(token.peer)
+        if token.dseq is not None:
+            pubsub._acknowledge(token.peer, token.topic, token.dseq)
 
 
 def _check_encodable(event: Any) -> None:
