@@ -172,7 +172,7 @@ def _routing(wire: tuple[Any, ...]) -> RoutingMetadata | None:
 WireMessage.id = _property("id", _id)  # type: ignore[assignment, misc]
 WireMessage.source = _property("source", lambda w: w[1].source)  # type: ignore[assignment, misc]
 WireMessage.type = _property("type", lambda w: w[1].type)  # type: ignore[assignment, misc]
-WireMessage.data = _property("data", lambda w: w[2][3])  # type: ignore[assignment, misc]
+WireMessage.data = _property("data", lambda w: w[2][3])  # type: ignore[misc]
 WireMessage.subject = _property("subject", lambda w: w[2][2])  # type: ignore[assignment, misc]
 WireMessage.time = _property("time", lambda w: w[0].time)  # type: ignore[assignment, misc]
 WireMessage.datacontenttype = _property("datacontenttype", lambda w: w[1].datacontenttype)  # type: ignore[assignment, misc]
