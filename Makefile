@@ -3,8 +3,9 @@
 #   make setup   venv in .venv, pip packages, Debian test peers when root
 #   make build   (re)build the C core's cffi extension in place
 #   make ctest   the C core's own tests under ASan/UBSan
+#   make typecheck  mypy over the package (zero errors expected)
 #   make pytest  the Python suite (both the C and the pure-Python core)
-#   make test    setup + build + ctest + pytest
+#   make test    setup + build + ctest + typecheck + pytest
 #   make demo    setup + build + the main job
 #   make bench   every benchmark in --quick mode
 #   make soak    long simulations and slow tests
@@ -19,7 +20,7 @@ CSRC := $(wildcard csrc/*.c csrc/*.h)
 DEB_PEERS ?= erlang-base
 PYTEST_ARGS ?=
 
-.PHONY: setup peers build ctest pytest test demo bench soak clean
+.PHONY: setup peers build ctest typecheck pytest test demo bench soak clean
 
 setup: $(STAMP)
 
@@ -27,7 +28,7 @@ $(STAMP): pyproject.toml setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "setuptools>=77" wheel "cffi>=1.16"
 	$(MAKE) --no-print-directory peers
-	$(PY) -m pip install -q --no-build-isolation -e '.[test,bench,formats,http2,quic]'
+	$(PY) -m pip install -q --no-build-isolation -e '.[test,bench,formats,http2,quic,typecheck]'
 	@touch $(STAMP) $(EXT_STAMP)
 
 peers:
@@ -48,10 +49,13 @@ $(EXT_STAMP): $(STAMP) $(CSRC) build_ext.py
 ctest:
 	$(MAKE) --no-print-directory -C csrc test
 
+typecheck: build
+	$(PY) -m mypy phoenix_trio
+
 pytest: build
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test: build ctest pytest
+test: build ctest typecheck pytest
 
 demo: build
 	$(PY) -m phoenix_trio demo

@@ -288,7 +288,7 @@ class _Peer:
 @attrs.define(slots=True)
 class _Ended:
     at: float
-    reason: str  # "down" (membership; revocable until resolved), "bye", "replaced"
+    reason: str | None  # "down" (membership; revocable until resolved), "bye", "replaced"; None only in _NOT_ENDED
     last: int | None = None  # known from Bye
     resolved: bool = False
 

@@ -430,7 +430,7 @@ async def serve_causal_agent(agent: Any) -> None:
             await group.wait_joined(timeout=30)
             task_status.started(group)
             async for d in group:
-                if type(d) is CausalGap:
+                if isinstance(d, CausalGap):
                     log_.append(["gap", d.stream, d.first, d.last])
                 else:
                     log_.append([d.stream, d.seq, dict(d.clock.entries)])

@@ -102,9 +102,9 @@ class ChannelConfig:
             if not isinstance(parallelism, int) or isinstance(parallelism, bool) or not 1 <= parallelism <= MAX_PARALLELISM:
                 raise ConfigurationError(f"channel {name!r}: parallelism must be an integer in [1, {MAX_PARALLELISM}]")
             lanes[name] = parallelism
-        for role, name in (("default", self.default), ("large", self.large)):
-            if name is not None and name != PRIMARY and name not in lanes:
-                raise ConfigurationError(f"{role} channel {name!r} is not configured")
+        for role, chosen in (("default", self.default), ("large", self.large)):
+            if chosen is not None and chosen != PRIMARY and chosen not in lanes:
+                raise ConfigurationError(f"{role} channel {chosen!r} is not configured")
         for prefix, name in self.types:
             if not prefix or prefix.startswith(".") or prefix.endswith(".") or ".." in prefix:
                 raise ConfigurationError(f"types: {prefix!r} is not a message type or a prefix of whole segments")

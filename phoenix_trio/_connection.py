@@ -69,7 +69,9 @@ class Connection:
     ) -> None:
         self.node = node
         self.stream = stream
-        self.protocol = PeerProtocol(hello or node._hello, max_frame=node.config.max_frame)
+        hello = hello or node._hello
+        assert hello is not None  # set by Node._start before any connection exists
+        self.protocol = PeerProtocol(hello, max_frame=node.config.max_frame)
         self.outbound = outbound
         self.via = via
         self.peer: Hello | None = None

@@ -182,9 +182,9 @@ class DeliveryTracker:
                     break
                 done.append(item)
         else:
-            item = stream.outstanding.pop(seq, None)
-            if item is not None:
-                done.append(item)
+            settled = stream.outstanding.pop(seq, None)
+            if settled is not None:
+                done.append(settled)
         self.outstanding -= len(done)
         return done
 
@@ -247,8 +247,8 @@ class DeliveryTracker:
             else:
                 expired.append(item)
         for item in expired:
-            stream = self._streams.get((item.node, item.agent, item.mode))
-            if stream is None or not self._current(stream, item) or item.resend_at is not None:
+            owner = self._streams.get((item.node, item.agent, item.mode))
+            if owner is None or not self._current(owner, item) or item.resend_at is not None:
                 continue  # settled or rescheduled by an earlier expiry in this pass
             if item.policy.gives_up_after(item.attempts):
                 actions.extend(self._fail(item, f"no acknowledgement after {item.attempts} attempt(s)"))

@@ -90,11 +90,11 @@ async def _conduct() -> bool:
             )
 
             # Point-to-point: every driver sends to the counters on the two other nodes, all at once.
-            traffic: dict[tuple[str, str], dict[str, Any]] = {}
+            traffic: dict[tuple[str, str, str], dict[str, Any]] = {}
 
             async def order(source: str, target: str, what: str, count: int) -> None:
                 reply = await node.request(f"driver-{source}", {what: f"{'count' if what == 'send' else 'echo'}-{target}", "count": count, "size": 100}, timeout=120)
-                traffic[(source, target, what)] = reply.data  # type: ignore[index]
+                traffic[(source, target, what)] = reply.data
 
             async with trio.open_nursery() as orders:
                 for source in NAMES:
@@ -185,8 +185,8 @@ async def _pubsub_section(node: Node) -> bool:
     """Every driver publishes to subscriptions on every process; then a slow subscriber."""
     ok = True
     patterns = {"n1": ["metrics.#"], "n2": ["metrics.*.cpu", "metrics.n1.*"], "n3": ["metrics.#"]}
-    for name, wanted in patterns.items():
-        for pattern in wanted:
+    for name, subscribed in patterns.items():
+        for pattern in subscribed:
             await node.request(f"sub-{name}", {"subscribe": pattern, "capacity": 20_000}, timeout=30)
     before = {n: (await node.request(f"driver-{n}", "node-stats", timeout=10)).data["connections"] for n in NAMES}
     seconds: dict[str, float] = {}

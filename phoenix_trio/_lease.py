@@ -170,7 +170,10 @@ def decode(payload: bytes) -> list[Any]:
         tag = item[0]
         if tag == _REQ and len(item) == 11 and type(item[2]) is int and all(_num(x) for x in item[3:9]) \
                 and type(item[9]) is bool and _num(item[10]):  # fmt: skip
-            out.append(LeaseRequest(item[1], item[2], *(float(x) for x in item[3:9]), item[9], float(item[10])))
+            out.append(LeaseRequest(
+                item[1], item[2], float(item[3]), float(item[4]), float(item[5]), float(item[6]), float(item[7]), float(item[8]),
+                item[9], float(item[10]),
+            ))
         elif tag == _GRANT and len(item) == 6 and type(item[2]) is int and all(_num(x) for x in item[3:6]):
             out.append(LeaseGrant(item[1], item[2], float(item[3]), float(item[4]), float(item[5])))
         elif tag == _RETRY and len(item) == 5 and type(item[2]) is int and type(item[3]) is str and _num(item[4]):

@@ -21,7 +21,7 @@ import re
 import socket
 import types
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 import attrs
 
@@ -56,6 +56,7 @@ class Extensions(Mapping[str, Any]):
     """A read-only mapping of extra CloudEvents extension attributes (picklable, unlike mappingproxy)."""
 
     __slots__ = ("_data",)
+    _data: dict[str, Any]
 
     def __init__(self, data: Mapping[str, Any] | None = None) -> None:
         object.__setattr__(self, "_data", dict(data) if data else {})
@@ -464,12 +465,12 @@ RESERVED_ATTRIBUTES = CORE_ATTRIBUTES | EXTENSION_ATTRIBUTES.keys()
 _EXTENSION_VALUE_TYPES = (str, bool, int, bytes, _dt.datetime)
 
 
-def is_uri_reference(value: object) -> bool:
+def is_uri_reference(value: object) -> TypeGuard[str]:
     return type(value) is str and len(value) <= 4096 and _URI_REF_RE.fullmatch(value) is not None
 
 
 def is_absolute_uri(value: object) -> bool:
-    return is_uri_reference(value) and _SCHEME_RE.match(value) is not None  # type: ignore[arg-type]
+    return is_uri_reference(value) and _SCHEME_RE.match(value) is not None
 
 
 def validate_message(message: Message, *, phoenix_type: bool = False) -> Message:

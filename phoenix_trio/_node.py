@@ -156,11 +156,11 @@ def parse_address(value: str | Address | None, *, default_host: str = "127.0.0.1
     if isinstance(value, tuple):
         host, port = value
         return (str(host), int(port))
-    host, sep, port = str(value).rpartition(":")
+    host, sep, port_text = str(value).rpartition(":")
     if not sep:
         raise ConfigurationError(f"address {value!r} must be host:port")
     try:
-        return (host.strip("[]") or default_host, int(port))
+        return (host.strip("[]") or default_host, int(port_text))
     except ValueError:
         raise ConfigurationError(f"address {value!r} must be host:port") from None
 
@@ -1590,6 +1590,7 @@ class Node:
                     stream: trio.abc.Stream = await trio.open_tcp_stream(*address)
                 if self.config.tls is not None:
                     stream = await self.config.tls.connect(stream, address[0], self.config.handshake_timeout)
+                assert self._hello is not None  # set by _start
                 connection = Connection(self, stream, outbound=True, via=address, hello=attrs.evolve(self._hello, channel=name, lane=index))
                 if self._channels is not None and name == self._channels.large:
                     connection.batch_bytes = self._channels.large_threshold

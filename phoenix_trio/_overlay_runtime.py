@@ -244,6 +244,7 @@ class OverlayRuntime:
         self._applying = 0
         self._watchers: set[trio.MemorySendChannel[Any]] = set()
         self._routed: dict[str, RoutedPeer] = {}
+        assert node._hello is not None  # set by Node._start before the overlay starts
         self._control_codec = _RoutedControl(node._hello)
         self._control_decoder = PeerProtocol(node._hello)
         self._control_decoder.state = State.OPEN

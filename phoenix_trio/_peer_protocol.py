@@ -612,7 +612,7 @@ class PeerProtocol:
 
     # -- incoming -------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> list[object]:
+    def receive_data(self, data: bytes | bytearray) -> list[object]:
         """Events for the bytes received; raises RemoteProtocolError (then CLOSED)."""
         if self.state is State.CLOSED:
             raise RemoteProtocolError("connection already closed")

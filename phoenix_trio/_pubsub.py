@@ -928,7 +928,7 @@ class PubSub:
                 # no block queue here (any more): the credit and the acknowledgement are due now
                 if credited:
                     self._credit_returned(peer_id)
-                if dseq is not None:
+                if dseq is not None and topic is not None:  # no topic (a peer's bug): no agent id to acknowledge to
                     self._acknowledge(peer_id, topic, dseq)
                 continue
             if dseq is None and len(special) == 1 and special[0].filter is None:
@@ -954,6 +954,7 @@ class PubSub:
                 block_run = []
             # Otherwise the publication holds a _Hold: one count per block queue it enters,
             # plus one held here until it has entered them all.
+            assert topic is not None  # block queues matched: the topic is valid
             hold = _Hold(peer_id, credited, topic, dseq) if credited or dseq is not None else None
             deferred = False
             for subscription in special:
@@ -1252,15 +1253,15 @@ _Token = _Hold | str | None
 
 def _release(pubsub: PubSub, token: _Hold | str) -> None:
     """Drop one hold; the last one returns the credit and sends the acknowledgement."""
-    if token.__class__ is str:
-        pubsub._credit_returned(token)  # type: ignore[arg-type]
+    if isinstance(token, str):
+        pubsub._credit_returned(token)
         return
-    token.count -= 1  # type: ignore[union-attr]
-    if token.count == 0:  # type: ignore[union-attr]
-        if token.credited:  # type: ignore[union-attr]
-            pubsub._credit_returned(token.peer)  # type: ignore[union-attr]
-        if token.dseq is not None:  # type: ignore[union-attr]
-            pubsub._acknowledge(token.peer, token.topic, token.dseq)  # type: ignore[union-attr]
+    token.count -= 1
+    if token.count == 0:
+        if token.credited:
+            pubsub._credit_returned(token.peer)
+        if token.dseq is not None:
+            pubsub._acknowledge(token.peer, token.topic, token.dseq)
 
 
 def _check_encodable(event: Any) -> None:

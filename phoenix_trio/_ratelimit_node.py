@@ -50,6 +50,7 @@ class _Runner:
     def apply(self, effects: Iterable[Any]) -> None:
         for effect in effects:
             if type(effect) is Send:
+                assert isinstance(effect.dest, str)  # the lease protocol sends only to members
                 if not self.service.send_nowait(effect.dest, encode(effect.message)):
                     self.send_drops += 1  # the protocol asks again after its timeout
             elif type(effect) is SetTimer:

@@ -84,6 +84,8 @@ class WireMessage(Message):
     """A Message decoded lazily from a batch item. See the module docstring."""
 
     __slots__ = ("_wire", "_resp")
+    _wire: tuple[Any, ...]
+    _resp: Any
     # _wire = (stamp, template, item, index); item = [4, template_index, subject, data, parent, correlation_id, flags(, id, dseq)]
 
     def __eq__(self, other: object) -> bool:
@@ -167,22 +169,22 @@ def _routing(wire: tuple[Any, ...]) -> RoutingMetadata | None:
     return record
 
 
-WireMessage.id = _property("id", _id)  # type: ignore[assignment]
-WireMessage.source = _property("source", lambda w: w[1].source)  # type: ignore[assignment]
-WireMessage.type = _property("type", lambda w: w[1].type)  # type: ignore[assignment]
-WireMessage.data = _property("data", lambda w: w[2][3])  # type: ignore[assignment]
-WireMessage.subject = _property("subject", lambda w: w[2][2])  # type: ignore[assignment]
-WireMessage.time = _property("time", lambda w: w[0].time)  # type: ignore[assignment]
-WireMessage.datacontenttype = _property("datacontenttype", lambda w: w[1].datacontenttype)  # type: ignore[assignment]
-WireMessage.dataschema = _property("dataschema", lambda w: w[1].dataschema)  # type: ignore[assignment]
-WireMessage.trace = _property("trace", _trace)  # type: ignore[assignment]
-WireMessage.causality = _property("causality", _causality)  # type: ignore[assignment]
-WireMessage.delivery = _property("delivery", lambda w: w[1].delivery)  # type: ignore[assignment]
-WireMessage.routing = _property("routing", _routing)  # type: ignore[assignment]
-WireMessage.security = _property("security", lambda w: None)  # type: ignore[assignment]
-WireMessage.qos = _property("qos", lambda w: w[1].qos)  # type: ignore[assignment]
-WireMessage.extensions = _property("extensions", lambda w: w[1].extensions)  # type: ignore[assignment]
-WireMessage.specversion = _property("specversion", lambda w: SPECVERSION)  # type: ignore[assignment]
+WireMessage.id = _property("id", _id)  # type: ignore[assignment, misc]
+WireMessage.source = _property("source", lambda w: w[1].source)  # type: ignore[assignment, misc]
+WireMessage.type = _property("type", lambda w: w[1].type)  # type: ignore[assignment, misc]
+WireMessage.data = _property("data", lambda w: w[2][3])  # type: ignore[misc]
+WireMessage.subject = _property("subject", lambda w: w[2][2])  # type: ignore[assignment, misc]
+WireMessage.time = _property("time", lambda w: w[0].time)  # type: ignore[assignment, misc]
+WireMessage.datacontenttype = _property("datacontenttype", lambda w: w[1].datacontenttype)  # type: ignore[assignment, misc]
+WireMessage.dataschema = _property("dataschema", lambda w: w[1].dataschema)  # type: ignore[assignment, misc]
+WireMessage.trace = _property("trace", _trace)  # type: ignore[assignment, misc]
+WireMessage.causality = _property("causality", _causality)  # type: ignore[assignment, misc]
+WireMessage.delivery = _property("delivery", lambda w: w[1].delivery)  # type: ignore[assignment, misc]
+WireMessage.routing = _property("routing", _routing)  # type: ignore[assignment, misc]
+WireMessage.security = _property("security", lambda w: None)  # type: ignore[assignment, misc]
+WireMessage.qos = _property("qos", lambda w: w[1].qos)  # type: ignore[assignment, misc]
+WireMessage.extensions = _property("extensions", lambda w: w[1].extensions)  # type: ignore[assignment, misc]
+WireMessage.specversion = _property("specversion", lambda w: SPECVERSION)  # type: ignore[assignment, misc]
 
 
 def _responder_property() -> property:
@@ -206,7 +208,7 @@ def _responder_property() -> property:
     return property(fget, fset)
 
 
-WireMessage._responder = _responder_property()  # type: ignore[assignment]
+WireMessage._responder = _responder_property()  # type: ignore[assignment, misc]
 
 _new = object.__new__
 _set_wire = WireMessage.__dict__["_wire"].__set__

@@ -294,6 +294,22 @@ async def test_a_bad_payload_on_the_pubsub_service_is_counted_not_fatal() -> Non
                 assert (await sub.receive()).data == 1
 
 
+async def test_a_reliable_publication_without_a_topic_is_not_acknowledged() -> None:
+    from phoenix_trio._peer_protocol import FLAG_PUBLISH
+
+    async with cluster(2) as (a, b):
+        connection = b._connections["n0"]
+        untopical = px.Message(id="1", source="phoenix://n0/x", type="phoenix.pubsub.publish", data=1)
+        await b.pubsub.on_publications("n0", [(untopical, FLAG_PUBLISH, (1 << 40) + 1)])
+        assert all(entry[0] is not None for entry in connection._alo_acks)  # no acknowledgement without a topic
+        await trio.testing.wait_all_tasks_blocked()
+        assert not connection.closed  # the peer was sent nothing it could not decode
+        async with b.subscribe("still.works") as sub:
+            await a.pubsub.wait_for_subscribers("still.works", {"n1"}, timeout=5)
+            await a.publish("still.works", 1)
+            assert (await sub.receive()).data == 1
+
+
 async def test_credit_comes_back_with_several_block_queues_filters_and_closing() -> None:
     async with cluster(2) as (a, b):
         even = b.pubsub.open_subscription("c", backpressure="block", capacity=4, filter=lambda m: m.data % 2 == 0)

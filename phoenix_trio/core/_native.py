@@ -12,7 +12,7 @@ from array import array
 from collections.abc import Iterable
 
 from .._errors import ConfigurationError
-from .._phoenix_core import ffi, lib
+from .._phoenix_core import ffi, lib  # type: ignore[import-not-found]  # built by cffi, no stubs
 from ._common import (
     Buffer,
     DEFAULT_MAX_PAYLOAD,

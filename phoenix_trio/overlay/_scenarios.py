@@ -23,10 +23,12 @@ import math
 import random
 from collections import Counter
 from collections.abc import Hashable, Iterable
+from functools import partial
 from typing import Any
 
 import attrs
 
+from ._client_server import ClientServer
 from ._config import (
     ClientServerConfig,
     GossipConfig,
@@ -83,7 +85,7 @@ def overlay_health(net: SimNetwork) -> OverlayHealth:
             elif a not in neighbors[b]:
                 asym += 1
     seen: set[Hashable] = set()
-    sizes = []
+    sizes: list[int] = []
     eccentricity = 0
     for start in alive:
         if start in seen:
@@ -169,15 +171,15 @@ class Cluster:
         elif kind is RouteRequest:
             self.route_requests += 1
 
-    def node(self, node_id: str) -> OverlayNode:
+    def node(self, node_id: Hashable) -> OverlayNode:
         return self.net.node(node_id)  # type: ignore[no-any-return]
 
     def mass_join(self, *, at: float | None = None) -> None:
         """Every node joins at the same instant through the contacts (the first is the seed)."""
         first = self.ids[0]
-        self.net.call(first, lambda now, node=self.node(first): node.join([], now), at=at)
+        self.net.call(first, partial(self.node(first).join, []), at=at)
         for node_id in self.ids[1:]:
-            self.net.call(node_id, lambda now, node=self.node(node_id): node.join(self.contacts, now), at=at)
+            self.net.call(node_id, partial(self.node(node_id).join, self.contacts), at=at)
 
     def broadcast(self, origin: str, payload: bytes) -> bytes:
         box: list[bytes] = []
@@ -254,10 +256,19 @@ class RoutingFigures:
     requests_per_discovery: float
 
 
+def _discoveries(cluster: Cluster, alive: Iterable[Hashable]) -> int:
+    total = 0
+    for a in alive:
+        router = cluster.node(a).router
+        assert router is not None  # the cluster was built with routing
+        total += router.stats.discoveries
+    return total
+
+
 def _route_pairs(cluster: Cluster, pairs: int, settle: float) -> RoutingFigures:
     alive = cluster.net.alive()
     before = cluster.route_requests
-    discoveries_before = sum(cluster.node(a).router.stats.discoveries for a in alive)  # type: ignore[union-attr]
+    discoveries_before = _discoveries(cluster, alive)
     mids = []
     for _ in range(pairs):
         origin, target = cluster.rng.sample(alive, 2)
@@ -265,7 +276,7 @@ def _route_pairs(cluster: Cluster, pairs: int, settle: float) -> RoutingFigures:
     cluster.net.run_for(settle)
     delivered = [cluster.net.deliveries.get(mid, {}).get(target) for mid, target in mids]
     hops = [d[1] for d in delivered if d is not None]
-    discoveries = sum(cluster.node(a).router.stats.discoveries for a in alive) - discoveries_before  # type: ignore[union-attr]
+    discoveries = _discoveries(cluster, alive) - discoveries_before
     return RoutingFigures(
         sent=pairs,
         delivered=len(hops),
@@ -494,7 +505,7 @@ def anti_entropy_scenario(
     for k in range(messages):
         origin = majority[rng.randrange(len(majority))]
         node = net.node(origin)
-        net.call(origin, lambda now, node=node, k=k: _originate(node, b"m%d" % k, now, mids), at=1.0 + k * 0.5)
+        net.call(origin, partial(_originate, node, b"m%d" % k, mids=mids), at=1.0 + k * 0.5)
     heal_at = 0.5 + partition_for
     net.run(heal_at)
     majority_set = set(majority)
@@ -599,6 +610,12 @@ class ClientServerScenario:
     routed_sent: int
 
 
+def _client_server(cluster: Cluster, node_id: Hashable) -> ClientServer:
+    membership = cluster.node(node_id).membership
+    assert isinstance(membership, ClientServer)  # the cluster's overlay is client_server
+    return membership
+
+
 def client_server_scenario(n: int, seed: int, *, servers: int = 4) -> ClientServerScenario:
     """Clients attach to servers; one server crashes; its clients fail over."""
     ids = node_ids(n)
@@ -606,14 +623,14 @@ def client_server_scenario(n: int, seed: int, *, servers: int = 4) -> ClientServ
     cluster = Cluster(n, seed, overlay=config)
     net = cluster.net
     for node_id in ids:
-        net.call(node_id, lambda now, node=cluster.node(node_id): node.join((), now), at=0.0)
+        net.call(node_id, partial(cluster.node(node_id).join, ()), at=0.0)
     net.run(10.0)
 
     def attached() -> int:
         return sum(
             1
             for a in net.alive()
-            if not cluster.node(a).membership.is_server and cluster.node(a).membership.server is not None  # type: ignore[union-attr]
+            if not _client_server(cluster, a).is_server and _client_server(cluster, a).server is not None
         )
 
     joined_attached, joined = attached(), overlay_health(net)

@@ -234,7 +234,7 @@ class SimNetwork:
         if peer in host._failing:
             return
         host._failing.add(peer)
-        self.sim.call(node_id, lambda now, host=host, peer=peer: host.timer(_LinkFail(peer), now), at=when)
+        self.sim.call(node_id, lambda now: host.timer(_LinkFail(peer), now), at=when)
 
     # -- running -----------------------------------------------------------------------------
 

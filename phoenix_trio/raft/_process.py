@@ -17,6 +17,8 @@ from .._node_process import NodeProcess
 
 
 class RaftProcess(NodeProcess):
+    data_dir: str  # required here (optional for a plain node)
+
     def __init__(
         self,
         name: str,

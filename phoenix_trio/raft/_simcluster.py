@@ -333,6 +333,7 @@ class SimCluster:
             listener(node_id, request_id, result, self.sim.now)
 
     def _on_effect(self, node_id: Hashable, effect: Any) -> None:
+        assert isinstance(node_id, (str, int))  # the simulation runs only this cluster's nodes
         kind = type(effect)
         if kind is Persist or kind is PersistSnapshot:
             self.storage[node_id].apply(effect)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -54,6 +54,10 @@ def _versions(value: Sequence[str]) -> tuple[str, ...]:
     return versions
 
 
+def _strings(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)  # a typed converter: mypy cannot type attrs' converter=tuple
+
+
 @attrs.frozen(slots=True)
 class TlsOptions:
     """The options :func:`configure_tls` was given (the design's ``tls_config``)."""
@@ -63,10 +67,10 @@ class TlsOptions:
     cacertfile: str
     verify_peer: bool = True
     versions: tuple[str, ...] = attrs.field(default=("tlsv1.3", "tlsv1.2"), converter=_versions)
-    ciphers: tuple[str, ...] = attrs.field(default=SECURE_CIPHERS, converter=tuple)
+    ciphers: tuple[str, ...] = attrs.field(default=SECURE_CIPHERS, converter=_strings)
     honor_cipher_order: bool = True
     secure_renegotiate: bool = True
-    alpn_protocols: tuple[str, ...] = attrs.field(default=(ALPN_PROTOCOL,), converter=tuple)
+    alpn_protocols: tuple[str, ...] = attrs.field(default=(ALPN_PROTOCOL,), converter=_strings)
     check_hostname: bool = True
     verify_node_name: bool = True
     password: str | None = attrs.field(default=None, repr=False)

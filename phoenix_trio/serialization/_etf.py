@@ -577,7 +577,8 @@ def _datetime_from_term(term: dict[Any, Any]) -> _dt.datetime:
             raise DecodeError("malformed DateTime")
         offset = utc_offset + std_offset
         tz = _UTC if offset == 0 else _dt.timezone(_dt.timedelta(seconds=offset))
-        return _dt.datetime(*fields, micro[0], tzinfo=tz)
+        year, month, day, hour, minute, second = fields
+        return _dt.datetime(year, month, day, hour, minute, second, micro[0], tzinfo=tz)
     except KeyError as exc:
         raise DecodeError(f"DateTime without {exc.args[0]!s}") from None
     except (ValueError, OverflowError, TypeError) as exc:
@@ -729,7 +730,7 @@ def _map_head(module: Atom, size: int) -> bytes:
     return bytes((MAP_EXT,)) + _pack_uint32(size + 1) + _atom_bytes(STRUCT) + _atom_bytes(module)
 
 
-_KEY = {name: _atom_bytes(name) for name in _MESSAGE_KEYS}
+_KEY: dict[str, bytes] = {name: _atom_bytes(name) for name in _MESSAGE_KEYS}
 _MESSAGE_HEAD = _map_head(MESSAGE_MODULE, len(_MESSAGE_KEYS) - 1)
 _TRACE_HEAD = _map_head(TRACE_MODULE, 4)
 _TRACE_KEYS = tuple(_atom_bytes(k) for k in ("trace_id", "span_id", "flags", "tracestate"))
