@@ -31,6 +31,7 @@ from ._node import Node, open_node
 from ._demo_consensus import consensus_section
 from ._demo_overlay import overlay_section
 from ._node_process import NodeProcess
+from ._report_table import print_table
 
 NAMES = ("n1", "n2", "n3")
 MESSAGES = 20_000
@@ -47,15 +48,6 @@ def _agents(name: str) -> list[str]:
     if name == "n2":
         agents += ["stage:enrich-a@enrich", "stage:enrich-b@enrich"]
     return agents
-
-
-def _print_table(headers: list[str], rows: list[list[Any]]) -> None:
-    cells = [headers] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    for index, row in enumerate(cells):
-        print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)))
-        if index == 0:
-            print("  " + "  ".join("-" * w for w in widths))
 
 
 async def _conduct() -> bool:
@@ -84,7 +76,7 @@ async def _conduct() -> bool:
             print(f"phoenix_trio demo: a local cluster of {len(NAMES)} node processes (core: {core.IMPLEMENTATION}, CRC32C via {core.crc32c_implementation()})")
             print()
             print("Nodes")
-            _print_table(
+            print_table(
                 ["node", "pid", "address", "agents"],
                 [[n, p.pid, p.address, ", ".join(a.split(":")[1] for a in _agents(n))] for n, p in procs.items()],
             )
@@ -112,7 +104,7 @@ async def _conduct() -> bool:
             print()
             print(f"Point-to-point: each node's driver sends {MESSAGES:,} messages of 100 bytes to the counter on each other node")
             print("  (at-least-once, the default: a driver's time runs until every message was acknowledged as handled)")
-            _print_table(
+            print_table(
                 ["from", "to", "messages", "delivered rate"],
                 [[s, t, f"{d['sent']:,}", f"{d['sent'] / d['seconds'] / 1e3:,.0f} k msgs/s"] for (s, t, w), d in sorted(traffic.items()) if w == "send"],
             )
@@ -130,7 +122,7 @@ async def _conduct() -> bool:
                             orders.start_soon(order, source, target, "request", REQUESTS)
             print()
             print(f"Request-response: each driver makes {REQUESTS} sequential requests to the echo agent on each other node")
-            _print_table(
+            print_table(
                 ["from", "to", "requests", "p50", "p99"],
                 [[s, t, d["requests"], f"{d['p50_us']:.0f} us", f"{d['p99_us']:.0f} us"] for (s, t, w), d in sorted(traffic.items()) if w == "request"],
             )
@@ -164,7 +156,7 @@ async def _conduct() -> bool:
             stats = (await node.request("driver-n1", "node-stats", timeout=10)).data
             print()
             print("Transport on n1 (frames carry batches of messages; every frame is CRC32C-checked)")
-            _print_table(
+            print_table(
                 ["peer", "messages sent", "frames written", "messages received", "frames read"],
                 [[p, f"{c['messages_sent']:,}", f"{c['frames_written']:,}", f"{c['messages_received']:,}", f"{c['frames_read']:,}"] for p, c in sorted(stats["connections"].items())],
             )
@@ -210,7 +202,7 @@ async def _pubsub_section(node: Node) -> bool:
     print()
     print(f"Publish-subscribe: each node's driver publishes {PUBLICATIONS:,} events of 100 bytes on metrics.<node>.cpu")
     print("  (topics are dot-separated; '*' matches one segment, '#' any number)")
-    _print_table(["node", "pattern", "policy", "received", "from", "out of order"], rows)
+    print_table(["node", "pattern", "policy", "received", "from", "out of order"], rows)
     rates = ", ".join(f"{n} {PUBLICATIONS / seconds[n] / 1e3:,.0f} k/s" for n in NAMES)
     print(f"  publish rates: {rates}")
     crossings = [f"{s}->{t} {after[s][t]['messages_sent'] - before[s][t]['messages_sent']:,}" for s in NAMES for t in NAMES if s != t]
@@ -233,7 +225,7 @@ async def _pubsub_section(node: Node) -> bool:
         (reports[topic],) = (await node.request("sub-n3", {"wait": SLOW, "pattern": topic}, timeout=60)).data
     print()
     print(f"Backpressure: n1 publishes {SLOW:,} events to a subscriber on n3 that takes 1 ms per event (queue of 100)")
-    _print_table(
+    print_table(
         ["policy", "publisher took", "consumed", "dropped (counted)", "largest queue"],
         [
             [reports[t]["backpressure"], f"{results[t] * 1e3:,.0f} ms", f"{reports[t]['delivered']:,}", f"{reports[t]['dropped']:,}", reports[t]["high_water"]]
@@ -304,9 +296,9 @@ async def _pipeline_section(node: Node) -> bool:
     for threshold, (what, _) in changes.items():
         print(f"  after {threshold:,} results: {what}")
     print(f"  {len(results):,} results in {elapsed:.2f} s ({len(results) / elapsed / 1e3:.1f} k msgs/s); in entry order: {'yes' if in_order else 'NO'}")
-    _print_table(["route", "messages"], [[r, f"{n:,}"] for r, n in routes.items()])
+    print_table(["route", "messages"], [[r, f"{n:,}"] for r, n in routes.items()])
     print("  per stage now (from pipeline.statistics(); the same figures go out as phoenix.telemetry.metric.update):")
-    _print_table(
+    print_table(
         ["stage", "target", "completed", "throughput", "p50", "p99", "in flight"],
         [
             [s.index, s.target, f"{s.completed:,}", f"{s.throughput_per_s / 1e3:.1f} k/s", f"{s.latency_p50_ms or 0:.2f} ms", f"{s.latency_p99_ms or 0:.2f} ms", s.in_flight]

@@ -18,6 +18,7 @@ from typing import Any
 import trio
 
 from ._node_process import NodeProcess
+from ._report_table import print_table
 
 COUNT = 12
 KILLED = ("o04", "o08", "o11")
@@ -70,15 +71,6 @@ async def wait_all(procs: list[NodeProcess], predicate: Callable[[], bool], *, t
                     nursery.start_soon(one, proc)
 
 
-def _print_table(headers: list[str], rows: list[list[Any]]) -> None:
-    cells = [headers] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    for index, row in enumerate(cells):
-        print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)))
-        if index == 0:
-            print("  " + "  ".join("-" * w for w in widths))
-
-
 async def _spread(kind: str, origin: NodeProcess, procs: list[NodeProcess], data: Any) -> tuple[bool, str]:
     """Send one broadcast or gossip message from ``origin``; a line on how it spread."""
     started = time.perf_counter()
@@ -115,7 +107,7 @@ async def overlay_section() -> bool:
         started = time.perf_counter()
         await wait_all(everyone, lambda: connected({n: neighbours(p.events) for n, p in procs.items()}), timeout=60)
         print(f"  all {COUNT} joined through {names[0]}; one connected, symmetric overlay after {time.perf_counter() - started:.2f} s")
-        _print_table(["node", "active view"], [[n, ", ".join(sorted(neighbours(p.events)))] for n, p in procs.items()])
+        print_table(["node", "active view"], [[n, ", ".join(sorted(neighbours(p.events)))] for n, p in procs.items()])
 
         once, line = await _spread("broadcast", procs["o03"], everyone, {"config": "v2"})
         print(f"  Plumtree broadcast: {line}")

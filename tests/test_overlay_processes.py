@@ -11,18 +11,15 @@ hub namespace the test creates; cutting a group is moving its veths to a second 
 
 from __future__ import annotations
 
-import os
-import secrets
-import shutil
-import subprocess
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import trio
 
+from phoenix_trio._demo_overlay import connected, neighbours, wait_all
 from phoenix_trio._node_process import NodeProcess
+
+from .netns import network
 
 pytestmark = pytest.mark.processes
 
@@ -31,49 +28,8 @@ FAILURE_TIMEOUT = 1.0
 COUNT = 16
 
 
-def neighbours(events: list[dict[str, Any]]) -> set[str]:
-    """The overlay neighbours a node reported so far (its active view)."""
-    current: set[str] = set()
-    for event in events:
-        if event.get("event") == "overlay_neighbor_up":
-            current.add(event["peer"])
-        elif event.get("event") == "overlay_neighbor_down":
-            current.discard(event["peer"])
-    return current
-
-
 def delivered(events: list[dict[str, Any]], message_id: str) -> int:
     return sum(1 for e in events if e.get("event") == "overlay_delivered" and e.get("id") == message_id)
-
-
-def connected(views: dict[str, set[str]]) -> bool:
-    """Every node has a neighbour, views are symmetric, and the graph is one component."""
-    if any(not peers for peers in views.values()):
-        return False
-    if any(name not in views.get(peer, ()) for name, peers in views.items() for peer in peers):
-        return False
-    start = next(iter(views))
-    seen, todo = {start}, [start]
-    while todo:
-        for peer in views[todo.pop()]:
-            if peer not in seen:
-                seen.add(peer)
-                todo.append(peer)
-    return seen == set(views)
-
-
-async def wait_all(procs: list[NodeProcess], predicate: Callable[[], bool], *, timeout: float) -> None:
-    """Wait until ``predicate()`` holds, re-checking whenever any of ``procs`` prints an event."""
-    with trio.fail_after(timeout):
-        while not predicate():
-            async with trio.open_nursery() as nursery:
-
-                async def one(proc: NodeProcess) -> None:
-                    await proc.next_event()
-                    nursery.cancel_scope.cancel()
-
-                for proc in procs:
-                    nursery.start_soon(one, proc)
 
 
 def node_process(name: str, *, seeds: list[str], gossip: list[str] = (), overlay: list[str] = (), **options: Any) -> NodeProcess:
@@ -151,67 +107,6 @@ async def test_sixteen_processes_broadcast_sigkill_a_quarter_and_broadcast_again
 PORT = 7500
 
 
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
-
-
-class Network:
-    """Namespaces ``<tag>-<i>`` with address 10.232.0.<i+1>, on bridge br0 in ``<tag>-hub``."""
-
-    def __init__(self, names: list[str]) -> None:
-        self.tag = "pxo" + secrets.token_hex(3)
-        self.names = names
-        self.hub = f"{self.tag}-hub"
-        self.address = {name: f"10.232.0.{i + 1}" for i, name in enumerate(names)}
-        self.created: list[str] = []
-
-    def ns(self, name: str) -> str:
-        return f"{self.tag}-{self.names.index(name)}"
-
-    def port(self, name: str) -> str:
-        return f"v{self.tag[3:]}{self.names.index(name)}"  # <= 15 characters
-
-    def up(self) -> None:
-        _ip("netns", "add", self.hub)
-        self.created.append(self.hub)
-        for bridge in ("br0", "br1"):
-            _ip("-n", self.hub, "link", "add", bridge, "type", "bridge")
-            _ip("-n", self.hub, "link", "set", bridge, "up")
-        for name in self.names:
-            ns = self.ns(name)
-            _ip("netns", "add", ns)
-            self.created.append(ns)
-            _ip("-n", ns, "link", "set", "lo", "up")
-            _ip("-n", self.hub, "link", "add", self.port(name), "type", "veth", "peer", "name", "eth0", "netns", ns)
-            _ip("-n", self.hub, "link", "set", self.port(name), "master", "br0")
-            _ip("-n", self.hub, "link", "set", self.port(name), "up")
-            _ip("-n", ns, "addr", "add", f"{self.address[name]}/24", "dev", "eth0")
-            _ip("-n", ns, "link", "set", "eth0", "up")
-
-    def move(self, names: list[str], bridge: str) -> None:
-        for name in names:
-            _ip("-n", self.hub, "link", "set", self.port(name), "master", bridge)
-
-    def down(self) -> None:
-        for ns in reversed(self.created):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        self.created = []
-
-
-@contextmanager
-def network(names: list[str]) -> Iterator[Network]:
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root (CI runs as root)")
-    if shutil.which("ip") is None:
-        pytest.skip("iproute2 ('ip') is not installed")
-    net = Network(names)
-    try:
-        net.up()
-        yield net
-    finally:
-        net.down()
-
-
 @pytest.mark.netns
 async def test_a_partitioned_group_catches_up_through_anti_entropy_after_healing() -> None:
     names = [f"q{i:02}" for i in range(COUNT)]
@@ -219,7 +114,7 @@ async def test_a_partitioned_group_catches_up_through_anti_entropy_after_healing
     rest = names[:-4]
     gossip = ["round_duration=0.2", "push_rounds=2", "anti_entropy_interval=0.5", "message_ttl=300"]
     overlay = ["probe_interval=0.5", "shuffle_interval=2.0"]
-    with network(names) as net:
+    with network(names, subnet="10.232.0") as net:
         async with trio.open_nursery() as nursery:
             seed = f"{net.address[names[0]]}:{PORT}"
             procs = {

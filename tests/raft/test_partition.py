@@ -9,13 +9,8 @@ the hub; healing is ``up``. Needs root (CI runs as root, where it must not skip)
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,74 +19,13 @@ import trio
 
 from phoenix_trio.raft._process import RaftProcess
 
+from ..netns import network
 from .test_processes import first_leader
 
 pytestmark = [pytest.mark.processes, pytest.mark.netns]
 
 ELECTION = 0.3
 PORT = 7400
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
-
-
-class Network:
-    """Namespaces ``<tag>-<name>`` with address 10.231.0.<i>, bridged in ``<tag>-hub``."""
-
-    def __init__(self, names: list[str]) -> None:
-        self.tag = "pxr" + secrets.token_hex(3)
-        self.names = names
-        self.hub = f"{self.tag}-hub"
-        self.address = {name: f"10.231.0.{i + 1}" for i, name in enumerate(names)}
-        self.created: list[str] = []
-
-    def ns(self, name: str) -> str:
-        return f"{self.tag}-{name}"
-
-    def port(self, name: str) -> str:
-        return f"h{self.tag[3:]}{self.names.index(name)}"  # <= 15 characters
-
-    def up(self) -> None:
-        _ip("netns", "add", self.hub)
-        self.created.append(self.hub)
-        _ip("-n", self.hub, "link", "add", "br0", "type", "bridge")
-        _ip("-n", self.hub, "link", "set", "br0", "up")
-        for name in self.names:
-            ns = self.ns(name)
-            _ip("netns", "add", ns)
-            self.created.append(ns)
-            _ip("-n", ns, "link", "set", "lo", "up")
-            _ip("-n", self.hub, "link", "add", self.port(name), "type", "veth", "peer", "name", "eth0", "netns", ns)
-            _ip("-n", self.hub, "link", "set", self.port(name), "master", "br0")
-            _ip("-n", self.hub, "link", "set", self.port(name), "up")
-            _ip("-n", ns, "addr", "add", f"{self.address[name]}/24", "dev", "eth0")
-            _ip("-n", ns, "link", "set", "eth0", "up")
-
-    def cut(self, name: str) -> None:
-        _ip("-n", self.hub, "link", "set", self.port(name), "down")
-
-    def heal(self, name: str) -> None:
-        _ip("-n", self.hub, "link", "set", self.port(name), "up")
-
-    def down(self) -> None:
-        for ns in reversed(self.created):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        self.created = []
-
-
-@contextmanager
-def network(names: list[str]) -> Iterator[Network]:
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root (CI runs as root)")
-    if shutil.which("ip") is None:
-        pytest.skip("iproute2 ('ip') is not installed")
-    net = Network(names)
-    try:
-        net.up()
-        yield net
-    finally:
-        net.down()
 
 
 class Client:
