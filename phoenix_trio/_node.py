@@ -118,6 +118,7 @@ from ._trace import _resolve as _resolve_trace
 from ._trace import next_hop_trace, random_bases
 from ._vclock import LocalClock
 from .effects import SetTimer
+from ._watchers import Watchers
 from .serialization._msgpack import decode as _msgpack_decode
 from .serialization._msgpack import encode as _msgpack_encode
 
@@ -455,7 +456,7 @@ class Node:
         self._send_templates: dict[tuple[Any, ...], SendTemplate] = {}
         self._routes: dict[str, tuple[str, str | None]] = {}
         self._responders: dict[str, Callable[..., Any]] = {}
-        self._watchers: set[trio.MemorySendChannel[MemberEvent]] = set()
+        self._watchers: Watchers[MemberEvent] = Watchers()
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._membership: Membership | None = None
@@ -476,7 +477,7 @@ class Node:
         self._dedup_log: DedupLog | None = None
         self._fsync_waiters: list[tuple[Connection, str, int]] = []
         self._flows: dict[str, _FlowTarget] = {}
-        self._telemetry: set[trio.MemorySendChannel[Message]] = set()
+        self._telemetry: Watchers[Message] = Watchers()
         self.security = SecurityGate(self, config.security) if config.security is not None else None
         self.pubsub = PubSub(self)
         self._pipelines: dict[str, Any] = {}
@@ -557,8 +558,7 @@ class Node:
             pending.event.set()
         for inbox in self._inboxes.values():
             inbox.close()
-        for watcher in self._watchers:
-            watcher.close()
+        self._watchers.close()
         for item in self._tracker.all_outstanding():
             if item.receipt is not None:
                 item.receipt.fail(DeliveryFailed(item.agent, item.attempts, "local node closed"))
@@ -818,25 +818,13 @@ class Node:
         if not self._telemetry:
             return
         message = Message.new({"metric": name, "node": self.id, **data}, type=type, source=self.uri, delivery="at_most_once")
-        for watcher in list(self._telemetry):
-            try:
-                watcher.send_nowait(message)
-            except trio.WouldBlock:
-                pass
-            except trio.BrokenResourceError:
-                self._telemetry.discard(watcher)
+        self._telemetry.tell(message)
 
     @asynccontextmanager
     async def watch_telemetry(self, *, buffer: int = 1024) -> AsyncIterator[trio.MemoryReceiveChannel[Message]]:
         """Observability messages (``phoenix.telemetry.*``) this node emits, as they happen."""
-        send, receive = trio.open_memory_channel[Message](buffer)
-        self._telemetry.add(send)
-        try:
-            async with receive:
-                yield receive
-        finally:
-            self._telemetry.discard(send)
-            send.close()
+        async with self._telemetry.watch(buffer) as receive:
+            yield receive
 
     async def deliver(
         self,
@@ -1329,14 +1317,8 @@ class Node:
 
         Events are dropped for a watcher that lets ``buffer`` of them pile up.
         """
-        send, receive = trio.open_memory_channel[MemberEvent](buffer)
-        self._watchers.add(send)
-        try:
-            async with receive:
-                yield receive
-        finally:
-            self._watchers.discard(send)
-            send.close()
+        async with self._watchers.watch(buffer) as receive:
+            yield receive
 
     async def wait_for(self, predicate: Callable[[], bool], *, timeout: float) -> None:
         """Wait until ``predicate()`` holds (checked on every membership or directory change)."""
@@ -1424,13 +1406,7 @@ class Node:
             for node_id, connection in self._connections.items():
                 if node_id != event.node_id:
                     connection.send_control(connection.protocol.members(entry))
-        for watcher in list(self._watchers):
-            try:
-                watcher.send_nowait(event)
-            except trio.WouldBlock:
-                pass
-            except trio.BrokenResourceError:
-                self._watchers.discard(watcher)
+        self._watchers.tell(event)
         self._notify_changed()
 
     def _fail_node(self, node_id: str, reason: str) -> None:

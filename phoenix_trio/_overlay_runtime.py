@@ -67,6 +67,7 @@ from ._errors import ConfigurationError, DecodeError, LocalProtocolError, NodeUn
 from ._ids import format_compact, node_part
 from ._peer_protocol import FLAG_REQUEST, DataBatch, Hello, OverlayBatch, PeerProtocol, State, node_id_ok
 from ._service import Service
+from ._watchers import Watchers
 from .effects import CancelTimer, Send, SetTimer
 from .overlay._codec import encode as overlay_encode
 from .overlay._config import GossipConfig, HyParViewConfig, MembershipConfig, PlumtreeConfig, RoutingConfig
@@ -242,7 +243,7 @@ class OverlayRuntime:
         self._timer_lot = trio.lowlevel.ParkingLot()
         self._failures: list[str] = []
         self._applying = 0
-        self._watchers: set[trio.MemorySendChannel[Any]] = set()
+        self._watchers: Watchers[Any] = Watchers()
         self._routed: dict[str, RoutedPeer] = {}
         assert node._hello is not None  # set by Node._start before the overlay starts
         self._control_codec = _RoutedControl(node._hello)
@@ -346,23 +347,11 @@ class OverlayRuntime:
     @asynccontextmanager
     async def watch(self, *, buffer: int = 1024) -> AsyncIterator[trio.MemoryReceiveChannel[Any]]:
         """Overlay events as they happen (dropped for a watcher that lets ``buffer`` pile up)."""
-        send, receive = trio.open_memory_channel[Any](buffer)
-        self._watchers.add(send)
-        try:
-            async with receive:
-                yield receive
-        finally:
-            self._watchers.discard(send)
-            send.close()
+        async with self._watchers.watch(buffer) as receive:
+            yield receive
 
     def _tell(self, event: Any) -> None:
-        for watcher in list(self._watchers):
-            try:
-                watcher.send_nowait(event)
-            except trio.WouldBlock:
-                pass
-            except trio.BrokenResourceError:
-                self._watchers.discard(watcher)
+        self._watchers.tell(event)
 
     # -- effects ------------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ import trio
 from .._ids import format_compact, node_part
 from .._message import Message, node_uri
 from .._peer_protocol import FLAG_REPLY, DataBatch
+from .._watchers import Watchers
 from ._context import SecurityContext
 from ._errors import MessageRejected, MessageSecurityError
 from ._secure import secure_message, verify_message
@@ -72,7 +73,7 @@ class SecurityGate:
         self.node = node
         self.context = context
         self._agent_contexts: dict[str, SecurityContext] = {}
-        self._watchers: set[trio.MemorySendChannel[Message]] = set()
+        self._watchers: Watchers[Message] = Watchers()
         self.stats: dict[str, int] = {"secured": 0, "verified": 0, "rejected": 0}
         self._log_window = float("-inf")
         self._logged = 0
@@ -224,13 +225,7 @@ class SecurityGate:
             source=self.node.uri,
             subject=peer,
         )
-        for watcher in list(self._watchers):
-            try:
-                watcher.send_nowait(event)
-            except trio.WouldBlock:
-                pass
-            except trio.BrokenResourceError:
-                self._watchers.discard(watcher)
+        self._watchers.tell(event)
 
     @asynccontextmanager
     async def watch(self, *, buffer: int = 256) -> AsyncIterator[trio.MemoryReceiveChannel[Message]]:
@@ -240,14 +235,8 @@ class SecurityGate:
         message_source, agent_id and key_id. Events are dropped for a watcher that lets
         ``buffer`` of them pile up.
         """
-        send, receive = trio.open_memory_channel[Message](buffer)
-        self._watchers.add(send)
-        try:
-            async with receive:
-                yield receive
-        finally:
-            self._watchers.discard(send)
-            send.close()
+        async with self._watchers.watch(buffer) as receive:
+            yield receive
 
     def statistics(self) -> dict[str, int]:
         """Messages secured, verified and rejected, and rejections per check."""
