@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Self
 
 import attrs
 import trio
@@ -51,7 +51,79 @@ class InboxStatistics:
     closed: bool
 
 
-class Inbox:
+class QueueConsumer:
+    """The consumer side shared by agent inboxes and pub-sub subscriptions.
+
+    ``receive``, ``receive_nowait`` and ``async for`` over a deque that producers fill in
+    batches: a cancellation point on every message, a yield to the scheduler at least
+    every :data:`YIELD_EVERY`. A subclass keeps ``_queue``, ``_closed``, ``_consumers``
+    (woken when messages arrive or it closes) and ``_since_yield``, takes a message with
+    ``_take()``, and keeps in ``_owed`` (truthy or not) what the previous message still
+    owes once handled, which ``_settle()`` pays when the consumer comes back for the next.
+    """
+
+    _queue: deque[Message]
+    _closed: bool
+    _consumers: trio.lowlevel.ParkingLot
+    _since_yield: int
+    _owed: Any
+
+    def _take(self) -> Message:
+        raise NotImplementedError
+
+    def _settle(self) -> None:
+        raise NotImplementedError
+
+    def receive_nowait(self) -> Message:
+        """The next message, or raise ``trio.WouldBlock`` (``trio.EndOfChannel`` once closed)."""
+        if self._owed:
+            self._settle()
+        if self._queue:
+            return self._take()
+        if self._closed:
+            raise trio.EndOfChannel
+        raise trio.WouldBlock
+
+    async def receive(self) -> Message:
+        """Wait for the next message; ``trio.EndOfChannel`` once closed."""
+        if self._owed:
+            self._settle()
+        while not self._queue:
+            if self._closed:
+                raise trio.EndOfChannel
+            await self._consumers.park()
+            self._since_yield = 0
+            if self._queue:
+                return self._take()
+        self._since_yield += 1
+        if self._since_yield >= YIELD_EVERY:
+            self._since_yield = 0
+            await trio.lowlevel.checkpoint()
+            if not self._queue:
+                return await self.receive()
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        return self._take()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Message:
+        # The common case inline (one coroutine frame per message, not two).
+        if self._owed:
+            self._settle()
+        if self._queue and self._since_yield < YIELD_EVERY - 1:
+            self._since_yield += 1
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if self._queue:
+                return self._take()
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+
+class Inbox(QueueConsumer):
     """The receiving side of an agent. ``async for message in inbox`` until it is closed."""
 
     def __init__(self, agent_id: str, capacity: int) -> None:
@@ -70,7 +142,7 @@ class Inbox:
         # Reliable delivery: what to do when a tracked message is taken (exactly-once:
         # record it now) or handled (at-least-once: the consumer came back for more).
         self._hooks: dict[int, tuple[int, Any]] = {}
-        self._after: list[Any] = []
+        self._owed: list[Any] = []
         self.on_taken: Any = None  # set by the node: called with (message, info) for TAKEN hooks
         self.on_handled: Any = None  # set by the node: called with [info, ...] for HANDLED hooks
 
@@ -88,9 +160,9 @@ class Inbox:
         or handled (kind HANDLED: ``on_handled([info, ...])`` once the consumer comes back)."""
         self._hooks[id(message)] = (kind, info)
 
-    def _flush_after(self) -> None:
-        after, self._after = self._after, []
-        self.on_handled(after)
+    def _settle(self) -> None:
+        owed, self._owed = self._owed, []
+        self.on_handled(owed)
 
     def put_nowait_many(self, messages: list[Message]) -> int:
         """Queue as many of ``messages`` as fit; returns how many were taken."""
@@ -128,43 +200,12 @@ class Inbox:
         self._dropped += len(self._queue)
         self._queue.clear()
         self._hooks.clear()  # never taken: their senders will retry
-        if self._after:
-            self._flush_after()
+        if self._owed:
+            self._settle()
         self._consumers.unpark_all()
         self._producers.unpark_all()
 
     # -- consumer side (the user) --------------------------------------------------------
-
-    def receive_nowait(self) -> Message:
-        """The next message, or raise ``trio.WouldBlock`` (``trio.EndOfChannel`` once closed)."""
-        if self._after:
-            self._flush_after()
-        if self._queue:
-            return self._take()
-        if self._closed:
-            raise trio.EndOfChannel
-        raise trio.WouldBlock
-
-    async def receive(self) -> Message:
-        """Wait for the next message; ``trio.EndOfChannel`` when the agent has left."""
-        if self._after:
-            self._flush_after()
-        while not self._queue:
-            if self._closed:
-                raise trio.EndOfChannel
-            await self._consumers.park()
-            self._since_yield = 0
-            if self._queue:
-                return self._take()
-        self._since_yield += 1
-        if self._since_yield >= YIELD_EVERY:
-            self._since_yield = 0
-            await trio.lowlevel.checkpoint()
-            if not self._queue:
-                return await self.receive()
-        else:
-            await trio.lowlevel.checkpoint_if_cancelled()
-        return self._take()
 
     def _take(self) -> Message:
         message = self._queue.popleft()
@@ -175,28 +216,11 @@ class Inbox:
                 if hook[0] == TAKEN:
                     self.on_taken(message, hook[1])
                 else:
-                    self._after.append(hook[1])
+                    self._owed.append(hook[1])
         if self._producers and len(self._queue) <= self.capacity // 2:
             self._producers.unpark_all()
         _current_trace.set(message)  # the trace is resolved only if the consumer sends
         return message
-
-    def __aiter__(self) -> Inbox:
-        return self
-
-    async def __anext__(self) -> Message:
-        # The common case inline (one coroutine frame per message, not two).
-        if self._after:
-            self._flush_after()
-        if self._queue and self._since_yield < YIELD_EVERY - 1:
-            self._since_yield += 1
-            await trio.lowlevel.checkpoint_if_cancelled()
-            if self._queue:
-                return self._take()
-        try:
-            return await self.receive()
-        except trio.EndOfChannel:
-            raise StopAsyncIteration from None
 
     def drain_nowait(self) -> Iterable[Message]:
         """Take everything queued now, without waiting."""

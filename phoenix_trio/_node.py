@@ -241,6 +241,13 @@ class _PendingAcks:
         if self.expected <= self.acked | set(self.failed):
             self.event.set()
 
+    def result(self, failed: dict[str, Exception]) -> BroadcastResult:
+        """How a sync broadcast ended: who acknowledged, who failed (``failed`` plus the
+        failures reported meanwhile) and who is missing."""
+        failed.update(self.failed)
+        acked = frozenset(self.acked)
+        return BroadcastResult(acked, failed, frozenset(self.expected - acked - set(failed)))
+
 
 @attrs.frozen(slots=True)
 class MemberView:
@@ -1229,9 +1236,7 @@ class Node:
                 self._pending_acks.pop(correlation_id, None)
         if waiter is None:
             return BroadcastResult(frozenset(sent), failed, frozenset())
-        failed.update(waiter.failed)
-        acked = frozenset(waiter.acked)
-        return BroadcastResult(acked, failed, frozenset(set(targets) - acked - set(failed)))
+        return waiter.result(failed)
 
     def _on_ack(self, correlation_id: str | None, agent_id: str) -> None:
         waiter = self._pending_acks.get(correlation_id or "")

@@ -84,6 +84,7 @@ import trio
 
 from ._errors import Backpressure, ConfigurationError, EncodeError, NodeUnreachable
 from ._ids import new_id
+from ._inbox import QueueConsumer
 from ._message import DeliveryGuarantee, Message, QoSRequirements, RoutingMetadata
 from ._peer_protocol import FLAG_ALO, FLAG_CREDITED, FLAG_PUBLISH, SendTemplate
 from ._retry import RetryPolicy
@@ -111,7 +112,6 @@ INTEREST_BLOCK = 0x02  # a matching subscription there blocks: publishers need c
 BATCH_LINGER = 0.002
 BATCH_SIZE = 256
 DEFAULT_CAPACITY = 1024
-YIELD_EVERY = 64
 SEND_YIELD_EVERY = 128
 MAX_CACHE = 10_000
 MAX_PEER_PATTERNS = 100_000  # interest entries one peer may hold here
@@ -151,7 +151,7 @@ class SubscriptionStatistics:
     closed: bool
 
 
-class Subscription:
+class Subscription(QueueConsumer):
     """One subscription: iterate it for its messages. Made by ``node.subscribe``.
 
     ``async for message in subscription`` ends when the subscription is closed
@@ -186,7 +186,7 @@ class Subscription:
         # publishing node's id (a unit of credit, this being the only block queue it
         # entered) or a _Hold shared by the queues it entered (credit and/or an ack)
         self._tokens: deque[_Token] | None = deque() if self._block else None
-        self._handling: _Token = None  # released when the consumer comes back for the next
+        self._owed: _Token = None  # released when the consumer comes back for the next
         self._consumers = trio.lowlevel.ParkingLot()
         self._producers = trio.lowlevel.ParkingLot()
         self._closed = False
@@ -312,17 +312,17 @@ class Subscription:
         self.delivered += 1
         tokens = self._tokens
         if tokens is not None:
-            self._handling = tokens.popleft()  # handled once the consumer comes back
+            self._owed = tokens.popleft()  # handled once the consumer comes back
             if self._producers and len(self._queue) <= self.capacity // 2:
                 self._producers.unpark_all()
         _current_trace.set(message)
         return message
 
-    def _came_back(self) -> None:
+    def _settle(self) -> None:
         """The consumer asks for the next message: the previous one has been handled."""
-        token = self._handling
+        token = self._owed
         if token is not None:
-            self._handling = None
+            self._owed = None
             if token.__class__ is str:  # one unit of credit (inline: once per message)
                 pubsub = self._pubsub
                 returned = pubsub._returned
@@ -332,53 +332,6 @@ class Subscription:
                         pubsub._credit_returned_first(token)  # type: ignore[arg-type]
             else:
                 _release(self._pubsub, token)
-
-    def receive_nowait(self) -> Message:
-        """The next message, or ``trio.WouldBlock`` (``trio.EndOfChannel`` once closed)."""
-        if self._handling is not None:
-            self._came_back()
-        if self._queue:
-            return self._take()
-        if self._closed:
-            raise trio.EndOfChannel
-        raise trio.WouldBlock
-
-    async def receive(self) -> Message:
-        """Wait for the next message; ``trio.EndOfChannel`` once the subscription is closed."""
-        if self._handling is not None:
-            self._came_back()
-        while not self._queue:
-            if self._closed:
-                raise trio.EndOfChannel
-            await self._consumers.park()
-            self._since_yield = 0
-            if self._queue:
-                return self._take()
-        self._since_yield += 1
-        if self._since_yield >= YIELD_EVERY:
-            self._since_yield = 0
-            await trio.lowlevel.checkpoint()
-            if not self._queue:
-                return await self.receive()
-        else:
-            await trio.lowlevel.checkpoint_if_cancelled()
-        return self._take()
-
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> Message:
-        if self._handling is not None:
-            self._came_back()
-        if self._queue and self._since_yield < YIELD_EVERY - 1:
-            self._since_yield += 1
-            await trio.lowlevel.checkpoint_if_cancelled()
-            if self._queue:
-                return self._take()
-        try:
-            return await self.receive()
-        except trio.EndOfChannel:
-            raise StopAsyncIteration from None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -405,7 +358,7 @@ class Subscription:
         self.discarded_on_close += len(self._queue)
         self._queue.clear()
         if self._tokens is not None:
-            self._came_back()
+            self._settle()
             for token in self._tokens:
                 if token is not None:
                     _release(self._pubsub, token)

@@ -156,6 +156,4 @@ async def _broadcast(
             node._pending_acks.pop(correlation_id, None)
     if waiter is None:
         return BroadcastResult(frozenset(sent), failed, frozenset())
-    failed.update(waiter.failed)
-    acked = frozenset(waiter.acked)
-    return BroadcastResult(acked, failed, frozenset(set(unique) - acked - set(failed)))
+    return waiter.result(failed)
